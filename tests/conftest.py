@@ -1,0 +1,20 @@
+"""Shared test set-up: float32 everywhere, deterministic torch, the repo importable."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+try:
+    import torch  # noqa: E402
+
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+except ImportError:  # pragma: no cover - torch is part of the test extra
+    pass
