@@ -20,7 +20,7 @@ from imgen_jax.errors import ImgenError
 def module_shapes(module: nnx.Module) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{name: (shape, dtype)} of every parameter of `module` (works on abstract modules)."""
     flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-    return {"/".join(str(p) for p in path): (tuple(v.value.shape), np.dtype(v.value.dtype)) for path, v in flat}
+    return {"/".join(str(p) for p in path): (tuple(v.get_value().shape), np.dtype(v.get_value().dtype)) for path, v in flat}
 
 
 def check_names_and_shapes(
@@ -57,17 +57,17 @@ def load_into(module: nnx.Module, flat: Mapping[str, np.ndarray], source: str, d
     flat_state = nnx.to_flat_state(state)
     for path, var in flat_state:
         arr = np.asarray(flat["/".join(str(p) for p in path)])
-        want = np.dtype(var.value.dtype) if dtype is None else np.dtype(dtype)
+        want = np.dtype(var.get_value().dtype) if dtype is None else np.dtype(dtype)
         if not np.issubdtype(arr.dtype, np.floating):
             want = arr.dtype
-        var.value = jnp.asarray(arr, dtype=want)
+        var.set_value(jnp.asarray(arr, dtype=want))
     nnx.update(module, nnx.from_flat_state(flat_state))
 
 
 def module_weights(module: nnx.Module) -> dict[str, np.ndarray]:
     """{name: numpy array} of every parameter of a concrete module."""
     flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-    return {"/".join(str(p) for p in path): np.asarray(v.value) for path, v in flat}
+    return {"/".join(str(p) for p in path): np.asarray(v.get_value()) for path, v in flat}
 
 
 def save_safetensors(path: str | os.PathLike, flat: Mapping[str, np.ndarray], metadata: dict | None = None) -> None:

@@ -1,0 +1,422 @@
+"""The MusicGen language model in Flax NNX.
+
+Sum of K codebook embeddings (card + 1 rows; row `card` is the special token) plus sinusoidal
+positions, pre-norm transformer layers (causal self-attention, cross-attention to the text
+memory, GELU MLP; LayerNorm eps 1e-5; no linear biases), a final LayerNorm and K linear heads.
+The text memory is the T5 hidden state mapped by `text_proj` (audiocraft's conditioner
+`output_proj`, Hugging Face's `enc_to_dec_proj`) and multiplied by the text padding mask.
+
+Layers are stacked (leading layer axis on every layer weight) and applied with
+`jax.lax.scan`, so all model sizes compile one layer body.
+
+Three entry points share one layer body:
+- `__call__` / `logits`: teacher-forced logits for a whole pattern sequence [B, K, S].
+- `prefill`: runs a prompt through the model filling a self-attention KV cache, and computes
+  the cross-attention keys/values of the text memory once.
+- `step`: one decoding step (or a few) against the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imgen_jax.configs import config_from_dict, config_to_dict
+from imgen_jax.errors import ImgenError
+from imgen_jax.patterns import codebook_delays
+
+NEG_INF = -1e30  # finite "minus infinity": fully masked rows stay finite (uniform), never NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Architecture of a MusicGen LM. Presets: `LMConfig.preset('small' | 'medium' | 'large' | '*-stereo')`."""
+
+    dim: int = 1024
+    num_heads: int = 16
+    num_layers: int = 24
+    ffn_dim: int = 4096
+    num_codebooks: int = 4
+    card: int = 2048
+    text_dim: int = 768
+    audio_channels: int = 1
+    text_proj: bool = True
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        codebook_delays(self.num_codebooks, self.audio_channels)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def special_token(self) -> int:
+        return self.card
+
+    @property
+    def delays(self) -> tuple[int, ...]:
+        return codebook_delays(self.num_codebooks, self.audio_channels)
+
+    @staticmethod
+    def preset(name: str) -> "LMConfig":
+        sizes = {"small": (1024, 16, 24), "medium": (1536, 24, 48), "large": (2048, 32, 48)}
+        base, _, stereo = name.partition("-")
+        if base not in sizes or stereo not in ("", "stereo"):
+            raise ImgenError(f"unknown MusicGen size {name!r}; expected one of small, medium, large (optionally -stereo)")
+        dim, heads, layers = sizes[base]
+        return LMConfig(
+            dim=dim, num_heads=heads, num_layers=layers, ffn_dim=4 * dim,
+            num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1,
+        )
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @staticmethod
+    def from_dict(d: dict, source: str = "lm config") -> "LMConfig":
+        return config_from_dict(LMConfig, d, source)
+
+
+def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
+    """[..., dim] float32: concat(cos, sin) of pos / 10000^(i / (dim/2 - 1)), as MusicGen."""
+    half = dim // 2
+    inv = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
+    phase = positions.astype(jnp.float32)[..., None] * inv
+    return jnp.concatenate([jnp.cos(phase), jnp.sin(phase)], axis=-1)
+
+
+class Dense(nnx.Module):
+    """Linear map without bias; kernel [in, out] (the transpose of PyTorch's weight)."""
+
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), jnp.float32) * (1.0 / math.sqrt(din)))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias, statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """Scaled dot-product attention. q [B,Q,H,D], k/v [B,K,H,D], bias broadcastable to [B,H,Q,K] -> [B,Q,H,D]."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class AudioPrefix(NamedTuple):
+    """Per-layer audio-fusion prefix entering one layer's self-attention (see imgen_jax.fusion).
+
+    q, k, v: [B, Tc, H, D] projections of the condition sequence; gate: [] scalar.
+    The layer adds gate * attention(q_self + q[positions], k, v) (not causal) before out_proj.
+    """
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    gate: jax.Array
+
+
+class SelfAttention(nnx.Module):
+    """Causal multi-head self-attention with fused q/k/v projection (audiocraft's in_proj)."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.in_proj = Dense(cfg.dim, 3 * cfg.dim, rngs=rngs, dtype=dtype)
+        self.out_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
+        self.num_heads = cfg.num_heads
+
+    def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [B,S,dim] -> q, k, v each [B,S,H,D]."""
+        B, S, _ = x.shape
+        qkv = self.in_proj(x).reshape(B, S, 3, self.num_heads, -1)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head attention from the sequence to the text memory; separate q and fused k/v projections."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.q_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
+        self.kv_proj = Dense(cfg.dim, 2 * cfg.dim, rngs=rngs, dtype=dtype)
+        self.out_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
+        self.num_heads = cfg.num_heads
+
+    def memory_kv(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """memory [B,L,dim] -> k, v each [B,L,H,D]."""
+        B, L, _ = memory.shape
+        kv = self.kv_proj(memory).reshape(B, L, 2, self.num_heads, -1)
+        return kv[:, :, 0], kv[:, :, 1]
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm layer: x += SA(norm1 x); x += CA(norm_cross x, memory); x += MLP(norm2 x)."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.norm1 = LayerNorm(cfg.dim, cfg.layer_norm_eps, dtype)
+        self.self_attn = SelfAttention(cfg, rngs=rngs, dtype=dtype)
+        self.norm_cross = LayerNorm(cfg.dim, cfg.layer_norm_eps, dtype)
+        self.cross_attn = CrossAttention(cfg, rngs=rngs, dtype=dtype)
+        self.norm2 = LayerNorm(cfg.dim, cfg.layer_norm_eps, dtype)
+        self.linear1 = Dense(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dtype)
+        self.linear2 = Dense(cfg.ffn_dim, cfg.dim, rngs=rngs, dtype=dtype)
+
+    def mlp(self, x: jax.Array) -> jax.Array:
+        return self.linear2(jax.nn.gelu(self.linear1(x), approximate=False))
+
+    def __call__(
+        self,
+        x: jax.Array,
+        self_kv: tuple[jax.Array, jax.Array] | None,
+        self_bias: jax.Array,
+        cross_kv: tuple[jax.Array, jax.Array],
+        cross_bias: jax.Array | None,
+        prefix: AudioPrefix | None = None,
+        prefix_pos: jax.Array | None = None,
+        cross_q_delta: Any = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One layer.
+
+        x [B,S,dim]. self_kv: None (attend within x, `self_bias` [S,S] causal) or (k, v) [B,Smax,H,D]
+        caches already holding this chunk's keys (then `self_bias` [S,Smax]). cross_kv: text keys and
+        values [B,L,H,D]; cross_bias [B,1,1,L] or None. prefix / prefix_pos [S]: the audio-fusion
+        prefix and the condition position each query reads its q offset from.
+        Returns (x, (k, v) of this chunk [B,S,H,D]).
+        """
+        h = self.norm1(x)
+        q, k, v = self.self_attn.qkv(h)
+        if self_kv is None:
+            y = attention(q, k, v, self_bias)
+        else:
+            y = attention(q, self_kv[0], self_kv[1], self_bias)
+        if prefix is not None:
+            qp = jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
+            y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None)
+        B, S = x.shape[:2]
+        x = x + self.self_attn.out_proj(y.reshape(B, S, -1))
+
+        h = self.norm_cross(x)
+        cq = self.cross_attn.q_proj(h)
+        if cross_q_delta is not None:
+            cq = cq + cross_q_delta(h)
+        y = attention(cq.reshape(B, S, self.cross_attn.num_heads, -1), cross_kv[0], cross_kv[1], cross_bias)
+        x = x + self.cross_attn.out_proj(y.reshape(B, S, -1))
+
+        x = x + self.mlp(self.norm2(x))
+        return x, (k, v)
+
+
+class KVCache(NamedTuple):
+    """Decoding state: self-attention caches [layers, B, Smax, H, D], text keys/values
+    [layers, B, L, H, D], the text key bias [B,1,1,L] (or None) and the next position []."""
+
+    k: jax.Array
+    v: jax.Array
+    cross_k: jax.Array
+    cross_v: jax.Array
+    cross_bias: jax.Array | None
+    pos: jax.Array
+
+
+def text_key_bias(mask: jax.Array | None) -> jax.Array | None:
+    """Text padding mask [B,L] (1 = real token) -> additive key bias [B,1,1,L], or None for no masking."""
+    if mask is None:
+        return None
+    return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :]
+
+
+class MusicGenLM(nnx.Module):
+    """MusicGen LM. Parameters: emb [K, card+1, dim], text_proj (kernel [text_dim, dim], bias),
+    layers/* (stacked over layers), out_norm, heads [K, dim, card]."""
+
+    def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.cfg = cfg
+        self.dtype = dtype
+        K, D = cfg.num_codebooks, cfg.dim
+        self.emb = nnx.Param(jax.random.normal(rngs.params(), (K, cfg.card + 1, D), jnp.float32))
+        if cfg.text_proj:
+            self.text_proj = nnx.Dict(
+                kernel=nnx.Param(jax.random.normal(rngs.params(), (cfg.text_dim, D), jnp.float32) / math.sqrt(cfg.text_dim)),
+                bias=nnx.Param(jnp.zeros((D,), jnp.float32)),
+            )
+        else:
+            self.text_proj = None
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
+            return DecoderLayer(cfg, rngs=rngs, dtype=dtype)
+
+        self.layers = make_layers(rngs)
+        self.out_norm = LayerNorm(D, cfg.layer_norm_eps, dtype)
+        self.heads = nnx.Param(jax.random.normal(rngs.params(), (K, D, cfg.card), jnp.float32) / math.sqrt(D))
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def text_memory(self, text_hidden: jax.Array, text_mask: jax.Array | None) -> jax.Array:
+        """T5 hidden states [B,L,text_dim] -> cross-attention memory [B,L,dim] (projected, padding zeroed)."""
+        m = text_hidden.astype(jnp.float32)
+        if self.text_proj is not None:
+            m = m @ self.text_proj["kernel"][...] + self.text_proj["bias"][...]
+        if text_mask is not None:
+            m = m * text_mask[..., None].astype(m.dtype)
+        return m.astype(self.dtype)
+
+    def embed(self, seq: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+        """Pattern tokens [B,K,S] at positions offset..offset+S-1 -> [B,S,dim]."""
+        emb = self.emb[...]
+        x = sum(jnp.take(emb[k], seq[:, k], axis=0) for k in range(self.cfg.num_codebooks))
+        pos = jnp.arange(seq.shape[-1]) + offset
+        return (x + sinusoidal_positions(pos, self.cfg.dim)[None]).astype(self.dtype)
+
+    def project_heads(self, x: jax.Array) -> jax.Array:
+        """Final hidden [B,S,dim] -> logits [B,K,S,card] float32 (after out_norm)."""
+        h = self.out_norm(x)
+        return jnp.einsum("bsd,kdc->bksc", h, self.heads[...].astype(h.dtype)).astype(jnp.float32)
+
+    def cross_kv(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Text keys/values for every layer: memory [B,L,dim] -> ([layers,B,L,H,D], [layers,B,L,H,D])."""
+        g, s = nnx.split(self.layers)
+
+        def body(_, st):
+            layer = nnx.merge(g, st)
+            return None, layer.cross_attn.memory_kv(memory)
+
+        _, (k, v) = jax.lax.scan(body, None, s)
+        return k, v
+
+    # ---- teacher forcing ----------------------------------------------------------------------
+    def hidden(
+        self,
+        seq: jax.Array,
+        memory: jax.Array,
+        text_mask: jax.Array | None = None,
+        prefixes: AudioPrefix | None = None,
+        prefix_pos: jax.Array | None = None,
+    ) -> jax.Array:
+        """Teacher-forced final hidden states [B,S,dim] (before out_norm) of a pattern sequence [B,K,S].
+
+        memory: [B,L,dim] from `text_memory`; text_mask [B,L] masks padded text keys (Hugging Face
+        semantics) or None to attend to every key (audiocraft semantics: padded keys are zeros).
+        prefixes: optional per-layer AudioPrefix stacked over layers (leading layer axis).
+        """
+        S = seq.shape[-1]
+        x = self.embed(seq)
+        causal = jnp.where(jnp.tril(jnp.ones((S, S), bool)), 0.0, NEG_INF).astype(jnp.float32)
+        cross_bias = text_key_bias(text_mask)
+        g, s = nnx.split(self.layers)
+
+        def body(x, xs):
+            st, pre = xs
+            layer = nnx.merge(g, st)
+            x, _ = layer(x, None, causal, layer.cross_attn.memory_kv(memory), cross_bias, pre, prefix_pos)
+            return x, None
+
+        x, _ = jax.lax.scan(body, x, (s, prefixes))
+        return x
+
+    def __call__(self, seq: jax.Array, memory: jax.Array, text_mask: jax.Array | None = None, **kw) -> jax.Array:
+        """Teacher-forced logits [B,K,S,card] (float32) of a pattern sequence [B,K,S]."""
+        return self.project_heads(self.hidden(seq, memory, text_mask, **kw))
+
+    # ---- KV-cached decoding -------------------------------------------------------------------
+    def init_cache(self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None) -> KVCache:
+        """Empty self-attention cache of `max_len` steps plus the text keys/values computed once."""
+        cfg = self.cfg
+        shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
+        ck, cv = self.cross_kv(memory)
+        return KVCache(
+            k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype), cross_k=ck, cross_v=cv,
+            cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32),
+        )
+
+    def extend(
+        self,
+        seq: jax.Array,
+        cache: KVCache,
+        prefixes: AudioPrefix | None = None,
+        prefix_pos: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache]:
+        """Feed pattern steps seq [B,K,S] at positions cache.pos.. and return (logits [B,K,S,card], cache).
+
+        Used both as prefill (S = prompt length) and as the one-step decode (S = 1). Keys and values
+        are written into the cache in place (dynamic_update_slice on the carried buffers).
+        """
+        S = seq.shape[-1]
+        Smax = cache.k.shape[2]
+        pos0 = cache.pos
+        x = self.embed(seq, pos0)
+        qpos = pos0 + jnp.arange(S)
+        kpos = jnp.arange(Smax)
+        bias = jnp.where(kpos[None, :] <= qpos[:, None], 0.0, NEG_INF).astype(jnp.float32)
+        g, s = nnx.split(self.layers)
+        n = self.cfg.num_layers
+
+        def body(carry, xs):
+            x, kc, vc = carry
+            st, i, ck, cv, pre = xs
+            layer = nnx.merge(g, st)
+            h = layer.norm1(x)
+            _, k_new, v_new = layer.self_attn.qkv(h)
+            kc = jax.lax.dynamic_update_slice(kc, k_new[None].astype(kc.dtype), (i, 0, pos0, 0, 0))
+            vc = jax.lax.dynamic_update_slice(vc, v_new[None].astype(vc.dtype), (i, 0, pos0, 0, 0))
+            x, _ = layer(x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos)
+            return (x, kc, vc), None
+
+        (x, kc, vc), _ = jax.lax.scan(
+            body, (x, cache.k, cache.v), (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes)
+        )
+        return self.project_heads(x), cache._replace(k=kc, v=vc, pos=pos0 + S)
+
+
+def init_lm(cfg: LMConfig, seed: int = 0, dtype=jnp.float32) -> MusicGenLM:
+    """A MusicGen LM with random weights (for tests and benchmarks)."""
+    return MusicGenLM(cfg, rngs=nnx.Rngs(seed), dtype=dtype)
+
+
+def abstract_lm(cfg: LMConfig, dtype=jnp.float32) -> MusicGenLM:
+    """A MusicGen LM whose parameters are shape placeholders, to be filled by `weights.load_into`."""
+    return nnx.eval_shape(lambda: MusicGenLM(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+
+
+def load_lm(model_dir: str, dtype=jnp.float32, param_dtype=None) -> MusicGenLM:
+    """Load the `lm` component of a converted model directory (see imgen_jax.modeldir)."""
+    from imgen_jax.modeldir import read_component
+    from imgen_jax.weights import load_into
+
+    cfg_dict, flat = read_component(model_dir, "lm")
+    cfg = LMConfig.from_dict(cfg_dict, f"{model_dir}/config.json [lm]")
+    model = abstract_lm(cfg, dtype)
+    load_into(model, flat, f"{model_dir}/lm.safetensors", dtype=param_dtype)
+    return model
+
+
+def np_weights_dtype(arrs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast every floating array to float32 (the storage dtype of converted weights)."""
+    return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in arrs.items()}
