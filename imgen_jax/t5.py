@@ -31,7 +31,6 @@ The runtime never imports torch or transformers; `convert/t5_weights.py` writes 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -203,7 +202,7 @@ class T5RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.eps)
-        return (self.scale.value.astype(jnp.float32) * y).astype(self.dtype)
+        return (self.scale[...].astype(jnp.float32) * y).astype(self.dtype)
 
 
 def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs, std: float) -> nnx.Linear:
@@ -318,7 +317,7 @@ class T5Encoder(nnx.Module):
         buckets = _bucket_matrix(
             int(length), int(length), self.cfg.relative_attention_num_buckets, self.cfg.relative_attention_max_distance
         )
-        values = jnp.take(self.rel_bias.embedding.value.astype(jnp.float32), jnp.asarray(buckets), axis=0)  # [L, L, H]
+        values = jnp.take(self.rel_bias.embedding[...].astype(jnp.float32), jnp.asarray(buckets), axis=0)  # [L, L, H]
         return jnp.transpose(values, (2, 0, 1))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
@@ -357,9 +356,14 @@ class T5Tokenizer:
     """T5's sentencepiece tokenizer, giving the ids of transformers' `T5Tokenizer` built from the same
     `spiece.model`: each text is split on the special tokens (`<pad>`, `</s>`, `<unk>`,
     `<extra_id_0..N-1>`, matched literally), the pieces between them are sentencepiece-encoded,
-    and `</s>` is appended. A batch is padded to its longest row with `<pad>` (id 0 for T5).
+    and `</s>` is appended. A batch is padded to its longest row (or to `max_length`) with `<pad>`
+    (id 0 for T5). Checked against transformers 5's `T5Tokenizer` (tests/test_t5.py).
 
     `<extra_id_i>` has id `sp_size + extra_ids - 1 - i` (after the sentencepiece vocabulary).
+    Pure sentencepiece + numpy: no torch, no transformers.
+
+    Usage: `ids, mask = tok(["Add drums.", "No bass."], max_length=64, padding="max_length")`
+    gives int32 [2, 64] arrays for `T5Encoder(ids, mask)`.
     """
 
     PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -410,25 +414,35 @@ class T5Tokenizer:
         ids.append(self.eos_id)
         return ids
 
-    def __call__(self, texts: Sequence[str] | str, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """texts (B strings) -> (ids int32 [B, L], mask int32 [B, L]).
+    def __call__(
+        self, texts: Sequence[str] | str, max_length: int | None = None, padding: str = "longest"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """texts (B strings, or one string) -> (ids int32 [B, L], mask int32 [B, L]; 1 = token, 0 = padding).
 
-        Rows end with `</s>` and are right-padded with `<pad>` to the longest row. With
-        `max_length`, longer rows keep their first max_length - 1 ids and `</s>` (as HF's
-        truncation=True); rows are not padded up to max_length.
+        Each row is the text's ids followed by `</s>`, right-padded with `<pad>` (mask 0). With
+        `max_length`, longer rows keep their first max_length - 1 ids and `</s>` (HF's
+        `truncation=True, max_length=...`). `padding="longest"` pads to the longest row (HF's
+        `padding=True`, what MusicGen and audiocraft use); `padding="max_length"` pads every row to
+        exactly `max_length` (a fixed [B, L] for a jitted encoder; needs `max_length`).
         """
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 1):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1
+        ):
             raise ImgenError(f"T5Tokenizer: max_length must be a positive integer, got {max_length!r}")
+        if padding not in ("longest", "max_length"):
+            raise ImgenError(f"T5Tokenizer: padding must be 'longest' or 'max_length', got {padding!r}")
+        if padding == "max_length" and max_length is None:
+            raise ImgenError("T5Tokenizer: padding='max_length' needs max_length")
         rows = []
         for t in texts:
             ids = self.encode(t)
             if max_length is not None and len(ids) > max_length:
                 ids = ids[: max_length - 1] + [self.eos_id]
             rows.append(ids)
-        width = max((len(r) for r in rows), default=0)
+        width = int(max_length) if padding == "max_length" else max((len(r) for r in rows), default=0)
         out = np.full((len(rows), width), self.pad_id, np.int32)
         mask = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
@@ -455,22 +469,45 @@ def t5_abstract(cfg: T5Config, dtype=jnp.float32, param_dtype=jnp.float32) -> T5
 def load_t5(
     model_dir: str | os.PathLike, dtype=jnp.float32, param_dtype=None
 ) -> tuple[T5Encoder, T5Tokenizer | None]:
-    """(encoder, tokenizer) from the `t5` component of a converted model directory.
+    """Load the `t5` component of a converted model directory (kind 't5' or 'musicgen').
 
-    The tokenizer is read from `spiece.model` in the directory, None when there is none.
-    `dtype` is the compute dtype; `param_dtype` (e.g. jnp.bfloat16) casts the stored weights.
+    Args:
+      model_dir: a directory written by the converters (`imgen convert`; see imgen_jax.modeldir).
+      dtype: compute dtype of the encoder's matmuls (float32, or bfloat16 on accelerators).
+      param_dtype: dtype the stored float32 weights are cast to (None keeps float32).
+
+    Returns:
+      (encoder, tokenizer): a concrete `T5Encoder` (call it as `encoder(ids, mask)`, or
+      `nnx.split` it for `jax.jit`), and the `T5Tokenizer` of the directory's `spiece.model`,
+      or None when the directory has no tokenizer.
+
+    Raises ImgenError (one line) for a missing or damaged directory, weights that do not fit the
+    config, an unreadable `spiece.model`, or a tokenizer with more ids than the embedding has rows.
     """
     from imgen_jax.modeldir import TOKENIZER_NAME, read_component
     from imgen_jax.weights import load_into
 
+    model_dir = os.fspath(model_dir)
     cfg_dict, flat = read_component(model_dir, "t5")
-    source = os.path.join(os.fspath(model_dir), "t5.safetensors")
-    cfg = T5Config.from_dict(cfg_dict, f"{os.path.join(os.fspath(model_dir), 'config.json')} (t5)")
+    cfg = T5Config.from_dict(cfg_dict, f"{os.path.join(model_dir, 'config.json')} (t5)")
     model = t5_abstract(cfg, dtype=dtype, param_dtype=jnp.float32 if param_dtype is None else param_dtype)
-    load_into(model, flat, source, dtype=param_dtype)
-    spiece = os.path.join(os.fspath(model_dir), TOKENIZER_NAME)
-    tokenizer = T5Tokenizer(spiece) if os.path.isfile(spiece) else None
+    load_into(model, flat, os.path.join(model_dir, "t5.safetensors"), dtype=param_dtype)
+    spiece = os.path.join(model_dir, TOKENIZER_NAME)
+    tokenizer = None
+    if os.path.isfile(spiece):
+        tokenizer = T5Tokenizer(spiece)
+        check_tokenizer_fits(tokenizer, cfg, spiece)
     return model, tokenizer
+
+
+def check_tokenizer_fits(tokenizer: T5Tokenizer, cfg: T5Config, source: str) -> None:
+    """ImgenError when the tokenizer can produce ids the encoder's embedding has no row for."""
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ImgenError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} ids ({tokenizer.vocab_size - tokenizer.extra_ids} "
+            f"pieces + {tokenizer.extra_ids} sentinels) but the T5 embedding has only {cfg.vocab_size} rows "
+            "(tokenizer and weights are from different models?)"
+        )
 
 
 __all__ = [
@@ -479,5 +516,6 @@ __all__ = [
     "T5Tokenizer",
     "load_t5",
     "t5_abstract",
+    "check_tokenizer_fits",
     "relative_position_bucket",
 ]
