@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from flax import nnx
 
 from imgen_jax.configs import config_from_dict, config_to_dict
 from imgen_jax.errors import ImgenError
-from imgen_jax.patterns import codebook_delays
+from imgen_jax.patterns import build_pattern, codebook_delays
 
 NEG_INF = -1e30  # finite "minus infinity": fully masked rows stay finite (uniform), never NaN
 
@@ -145,6 +145,27 @@ class AudioPrefix(NamedTuple):
     gate: jax.Array
 
 
+class CrossLoRA(NamedTuple):
+    """LoRA on the cross-attention q and v projections (the text fusion of imgen_jax.fusion).
+
+    Stacked over layers (leading layer axis) when passed to the model; one layer's slice inside the
+    scanned body. Kernels are [in, out] (transposes of PyTorch's lora_A / lora_B weights):
+    q_a, v_a: [dim, r]; q_b, v_b: [r, dim]; scale: [] (lora_alpha / r).
+    q = x Wq + scale * ((x q_a) q_b); v = m Wv + scale * ((m v_a) v_b); k unchanged.
+    """
+
+    q_a: jax.Array
+    q_b: jax.Array
+    v_a: jax.Array
+    v_b: jax.Array
+    scale: jax.Array
+
+
+def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array) -> jax.Array:
+    """scale * ((x a) b), in the dtype of x (peft's `lora_B(lora_A(x)) * scaling`)."""
+    return jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * scale.astype(x.dtype)
+
+
 class SelfAttention(nnx.Module):
     """Causal multi-head self-attention with fused q/k/v projection (audiocraft's in_proj)."""
 
@@ -169,11 +190,15 @@ class CrossAttention(nnx.Module):
         self.out_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
         self.num_heads = cfg.num_heads
 
-    def memory_kv(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """memory [B,L,dim] -> k, v each [B,L,H,D]."""
+    def memory_kv(self, memory: jax.Array, lora: CrossLoRA | None = None) -> tuple[jax.Array, jax.Array]:
+        """memory [B,L,dim] -> k, v each [B,L,H,D]; `lora` (this layer's slice) adds to v only."""
         B, L, _ = memory.shape
         kv = self.kv_proj(memory).reshape(B, L, 2, self.num_heads, -1)
-        return kv[:, :, 0], kv[:, :, 1]
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        if lora is not None:
+            x = memory.astype(v.dtype)
+            v = v + lora_delta(x, lora.v_a, lora.v_b, lora.scale).reshape(B, L, self.num_heads, -1)
+        return k, v
 
 
 class DecoderLayer(nnx.Module):
@@ -200,14 +225,15 @@ class DecoderLayer(nnx.Module):
         cross_bias: jax.Array | None,
         prefix: AudioPrefix | None = None,
         prefix_pos: jax.Array | None = None,
-        cross_q_delta: Any = None,
+        lora: CrossLoRA | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One layer.
 
         x [B,S,dim]. self_kv: None (attend within x, `self_bias` [S,S] causal) or (k, v) [B,Smax,H,D]
         caches already holding this chunk's keys (then `self_bias` [S,Smax]). cross_kv: text keys and
         values [B,L,H,D]; cross_bias [B,1,1,L] or None. prefix / prefix_pos [S]: the audio-fusion
-        prefix and the condition position each query reads its q offset from.
+        prefix and the condition position each query reads its q offset from. lora: this layer's slice
+        of the cross-attention LoRA (its q part is applied here; its v part is in `cross_kv`).
         Returns (x, (k, v) of this chunk [B,S,H,D]).
         """
         h = self.norm1(x)
@@ -224,8 +250,8 @@ class DecoderLayer(nnx.Module):
 
         h = self.norm_cross(x)
         cq = self.cross_attn.q_proj(h)
-        if cross_q_delta is not None:
-            cq = cq + cross_q_delta(h)
+        if lora is not None:
+            cq = cq + lora_delta(h.astype(cq.dtype), lora.q_a, lora.q_b, lora.scale)
         y = attention(cq.reshape(B, S, self.cross_attn.num_heads, -1), cross_kv[0], cross_kv[1], cross_bias)
         x = x + self.cross_attn.out_proj(y.reshape(B, S, -1))
 
@@ -235,7 +261,9 @@ class DecoderLayer(nnx.Module):
 
 class KVCache(NamedTuple):
     """Decoding state: self-attention caches [layers, B, Smax, H, D], text keys/values
-    [layers, B, L, H, D], the text key bias [B,1,1,L] (or None) and the next position []."""
+    [layers, B, L, H, D], the text key bias [B,1,1,L] (or None), the next position [] and the
+    cross-attention LoRA (stacked CrossLoRA or None) whose v part is already in cross_v and whose
+    q part every `extend` applies."""
 
     k: jax.Array
     v: jax.Array
@@ -243,6 +271,7 @@ class KVCache(NamedTuple):
     cross_v: jax.Array
     cross_bias: jax.Array | None
     pos: jax.Array
+    lora: CrossLoRA | None = None
 
 
 def text_key_bias(mask: jax.Array | None) -> jax.Array | None:
@@ -300,15 +329,18 @@ class MusicGenLM(nnx.Module):
         h = self.out_norm(x)
         return jnp.einsum("bsd,kdc->bksc", h, self.heads[...].astype(h.dtype)).astype(jnp.float32)
 
-    def cross_kv(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Text keys/values for every layer: memory [B,L,dim] -> ([layers,B,L,H,D], [layers,B,L,H,D])."""
+    def cross_kv(self, memory: jax.Array, lora: CrossLoRA | None = None) -> tuple[jax.Array, jax.Array]:
+        """Text keys/values for every layer: memory [B,L,dim] -> ([layers,B,L,H,D], [layers,B,L,H,D]).
+
+        lora: optional stacked cross-attention LoRA (its v part is added to the values)."""
         g, s = nnx.split(self.layers)
 
-        def body(_, st):
+        def body(_, xs):
+            st, lo = xs
             layer = nnx.merge(g, st)
-            return None, layer.cross_attn.memory_kv(memory)
+            return None, layer.cross_attn.memory_kv(memory, lo)
 
-        _, (k, v) = jax.lax.scan(body, None, s)
+        _, (k, v) = jax.lax.scan(body, None, (s, lora))
         return k, v
 
     # ---- teacher forcing ----------------------------------------------------------------------
@@ -319,12 +351,15 @@ class MusicGenLM(nnx.Module):
         text_mask: jax.Array | None = None,
         prefixes: AudioPrefix | None = None,
         prefix_pos: jax.Array | None = None,
+        lora: CrossLoRA | None = None,
     ) -> jax.Array:
         """Teacher-forced final hidden states [B,S,dim] (before out_norm) of a pattern sequence [B,K,S].
 
         memory: [B,L,dim] from `text_memory`; text_mask [B,L] masks padded text keys (Hugging Face
         semantics) or None to attend to every key (audiocraft semantics: padded keys are zeros).
-        prefixes: optional per-layer AudioPrefix stacked over layers (leading layer axis).
+        prefixes: optional per-layer AudioPrefix stacked over layers (leading layer axis), with
+        prefix_pos [S] the condition position each step reads its prefix query from.
+        lora: optional cross-attention LoRA stacked over layers (imgen_jax.fusion's text fusion).
         """
         S = seq.shape[-1]
         x = self.embed(seq)
@@ -333,27 +368,52 @@ class MusicGenLM(nnx.Module):
         g, s = nnx.split(self.layers)
 
         def body(x, xs):
-            st, pre = xs
+            st, pre, lo = xs
             layer = nnx.merge(g, st)
-            x, _ = layer(x, None, causal, layer.cross_attn.memory_kv(memory), cross_bias, pre, prefix_pos)
+            x, _ = layer(x, None, causal, layer.cross_attn.memory_kv(memory, lo), cross_bias, pre, prefix_pos, lo)
             return x, None
 
-        x, _ = jax.lax.scan(body, x, (s, prefixes))
+        x, _ = jax.lax.scan(body, x, (s, prefixes, lora))
         return x
 
     def __call__(self, seq: jax.Array, memory: jax.Array, text_mask: jax.Array | None = None, **kw) -> jax.Array:
         """Teacher-forced logits [B,K,S,card] (float32) of a pattern sequence [B,K,S]."""
         return self.project_heads(self.hidden(seq, memory, text_mask, **kw))
 
+    def frame_logits(
+        self, codes: jax.Array, memory: jax.Array, text_mask: jax.Array | None = None, **kw
+    ) -> tuple[jax.Array, jax.Array]:
+        """Teacher-forced logits aligned with the frames, as audiocraft's `LMModel.compute_predictions`.
+
+        codes [B,K,T] (frames, no special tokens) -> (logits [B,K,T,card] float32, mask [B,K,T] bool).
+        The pattern keeps only its T+1 fully defined steps; the logits of frame t of codebook k are
+        the head-k output at step t + delays[k]. Frames without such a step (the last delays[k]
+        frames of codebook k) have NaN logits and mask False. `kw` goes to `hidden` (audio prefix).
+        """
+        delays = self.cfg.delays
+        T = codes.shape[-1]
+        seq = build_pattern(codes, self.cfg.special_token, delays, num_steps=T + 1)
+        logits = self(seq, memory, text_mask, **kw)  # [B,K,T+1,card]
+        steps = np.arange(T)[None, :] + np.asarray(delays)[:, None]  # [K,T]
+        valid = steps < T
+        idx = np.minimum(steps, T)
+        picked = jnp.take_along_axis(logits, jnp.asarray(idx)[None, :, :, None], axis=2)
+        mask = jnp.broadcast_to(jnp.asarray(valid)[None], codes.shape)
+        return jnp.where(mask[..., None], picked, jnp.nan), mask
+
     # ---- KV-cached decoding -------------------------------------------------------------------
-    def init_cache(self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None) -> KVCache:
-        """Empty self-attention cache of `max_len` steps plus the text keys/values computed once."""
+    def init_cache(
+        self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None, lora: CrossLoRA | None = None
+    ) -> KVCache:
+        """Empty self-attention cache of `max_len` steps plus the text keys/values computed once.
+
+        lora: optional stacked cross-attention LoRA; kept in the cache, so every `extend` applies it."""
         cfg = self.cfg
         shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
-        ck, cv = self.cross_kv(memory)
+        ck, cv = self.cross_kv(memory, lora)
         return KVCache(
             k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype), cross_k=ck, cross_v=cv,
-            cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32),
+            cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32), lora=lora,
         )
 
     def extend(
@@ -362,11 +422,18 @@ class MusicGenLM(nnx.Module):
         cache: KVCache,
         prefixes: AudioPrefix | None = None,
         prefix_pos: jax.Array | None = None,
+        unroll: bool = False,
     ) -> tuple[jax.Array, KVCache]:
         """Feed pattern steps seq [B,K,S] at positions cache.pos.. and return (logits [B,K,S,card], cache).
 
         Used both as prefill (S = prompt length) and as the one-step decode (S = 1). Keys and values
         are written into the cache in place (dynamic_update_slice on the carried buffers).
+        unroll: apply the layers as a Python loop over static slices of the stacked weights instead of
+        a scan (same result). Inside a decode loop XLA hoists those slices out of the loop, so each step
+        reads every layer's weights in place instead of copying a dynamic slice of the stack (faster on
+        CPU; costs a longer compile and a transient second copy of the layer weights).
+        prefixes / prefix_pos [S]: the audio-fusion prefix and the condition position of each step's
+        prefix query (the caller clamps it); the cross-attention LoRA comes from `cache.lora`.
         """
         S = seq.shape[-1]
         Smax = cache.k.shape[2]
@@ -380,18 +447,23 @@ class MusicGenLM(nnx.Module):
 
         def body(carry, xs):
             x, kc, vc = carry
-            st, i, ck, cv, pre = xs
+            st, i, ck, cv, pre, lo = xs
             layer = nnx.merge(g, st)
             h = layer.norm1(x)
             _, k_new, v_new = layer.self_attn.qkv(h)
             kc = jax.lax.dynamic_update_slice(kc, k_new[None].astype(kc.dtype), (i, 0, pos0, 0, 0))
             vc = jax.lax.dynamic_update_slice(vc, v_new[None].astype(vc.dtype), (i, 0, pos0, 0, 0))
-            x, _ = layer(x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos)
+            x, _ = layer(x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos, lo)
             return (x, kc, vc), None
 
-        (x, kc, vc), _ = jax.lax.scan(
-            body, (x, cache.k, cache.v), (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes)
-        )
+        xs = (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes, cache.lora)
+        if unroll:
+            carry = (x, cache.k, cache.v)
+            for i in range(n):
+                carry, _ = body(carry, jax.tree.map(lambda a: a[i], xs))
+            x, kc, vc = carry
+        else:
+            (x, kc, vc), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
         return self.project_heads(x), cache._replace(k=kc, v=vc, pos=pos0 + S)
 
 

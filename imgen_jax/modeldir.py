@@ -3,10 +3,12 @@
 Layout written by the converters (`imgen convert`) and read by the runtime, no torch needed:
 
     DIR/config.json          {"format": "imgen_jax/1", "kind": "musicgen" | "t5" | "encodec",
-                              "source": "...", "lm": {...}, "encodec": {...}, "t5": {...}}
+                              "source": "...", "lm": {...}, "encodec": {...}, "t5": {...},
+                              "adapters": {...}}
     DIR/lm.safetensors       MusicGen LM (incl. the text `output_proj` as `text_proj/*`)
     DIR/encodec.safetensors  EnCodec compression model
     DIR/t5.safetensors       T5 encoder
+    DIR/adapters.safetensors Instruct-MusicGen adapters (imgen_jax.fusion), next to the LM they fit
     DIR/spiece.model         sentencepiece model of the T5 tokenizer, when the source had one
 
 A directory is written into a temporary sibling and renamed into place at the end, so an
@@ -28,7 +30,7 @@ from imgen_jax.weights import read_safetensors, save_safetensors
 
 FORMAT = "imgen_jax/1"
 CONFIG_NAME = "config.json"
-COMPONENTS = ("lm", "encodec", "t5")
+COMPONENTS = ("lm", "encodec", "t5", "adapters")
 TOKENIZER_NAME = "spiece.model"
 
 

@@ -1,0 +1,286 @@
+"""Instruct-MusicGen's adapters: audio fusion (the official CPTransformer) and text fusion (LoRA).
+
+Only the parameters of `InstructAdapters` train; the MusicGen LM stays frozen and its layers are
+shared, never copied: the audio fusion pass runs the LM's own stacked layer weights, sliced to the
+adapter layers inside the traced function.
+
+Audio fusion (SEMANTICS.md, "Audio fusion"). With A = adapter_layers, start = num_layers - A and
+condition codes c_codes [B, K, Tc] (the official forward appends one frame of the special token,
+so Tc = T + 1 in training):
+
+    c = sum_k emb[k](c_codes[:, k])                      (the LM's own embeddings, no positions)
+    o = pos_emb[0, :Tc]
+    for j in 0..A-1, with the LM's layer i = start + j (norm1, self_attn, norm2, linear1, linear2):
+        h = norm1(o) + (c @ merge_linear[j] + pos_emb[j + 1, :Tc])
+        q_j, k_j, v_j = self-attention projections of h (heads split)
+        o = o + out_proj(causal_attention(q_j, k_j, v_j));  o = o + mlp(norm2(o))
+
+and LM layer i adds `gates[j] * attention(q + q_j[pos], k_j, v_j)` (not causal) to its own causal
+self-attention output, per head, before out_proj (`imgen_jax.lm.DecoderLayer`). The prefixes are
+returned stacked over ALL LM layers (`AudioPrefix` with a leading layer axis) so the LM keeps one
+scanned layer body: layers below `start` get zero q/k/v and a zero gate, which adds exactly 0.
+
+Text fusion: LoRA on every LM layer's cross-attention q and v projections,
+q = x Wq + (alpha / r) (x A_q^T) B_q^T, likewise v; k unchanged (`imgen_jax.lm.CrossLoRA`).
+
+Parameter names (flat, as stored in `adapters.safetensors`; kernels are [in, out], the transpose
+of PyTorch's weight):
+
+    merge_linear   [A, dim, dim]        cp_transformer.merge_linear.{j}.weight^T
+    pos_emb        [A + 1, P, dim]      cp_transformer.pos_emb (P = pos_emb_frames, 501)
+    gates          [A]                  cp_transformer.gates
+    lora_q/a       [L, dim, r]          ...layers.{i}.cross_attention.q_proj.lora_A.default.weight^T
+    lora_q/b       [L, r, dim]          ...layers.{i}.cross_attention.q_proj.lora_B.default.weight^T
+    lora_v/a, lora_v/b                  the same for v_proj
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imgen_jax.configs import config_from_dict, config_to_dict
+from imgen_jax.errors import ImgenError
+from imgen_jax.lm import NEG_INF, AudioPrefix, CrossLoRA, LMConfig, MusicGenLM, attention
+
+COMPONENT = "adapters"
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """Shape of the Instruct-MusicGen adapters of an LM with `num_layers` layers of width `dim`.
+
+    The audio fusion sits on the last `adapter_layers` LM layers (start_layer = num_layers -
+    adapter_layers; the official model: 48 of 48); LoRA (rank lora_r, scaling lora_alpha / lora_r;
+    official: 32, 64) on the cross-attention of every layer; pos_emb covers `pos_emb_frames`
+    condition frames (official: 501 = 500 frames + the appended special frame).
+    """
+
+    dim: int = 2048
+    num_layers: int = 48
+    adapter_layers: int = 48
+    lora_r: int = 32
+    lora_alpha: float = 64.0
+    pos_emb_frames: int = 501
+
+    def __post_init__(self):
+        if not 1 <= self.adapter_layers <= self.num_layers:
+            raise ValueError(f"adapter_layers {self.adapter_layers} must be in 1..num_layers ({self.num_layers})")
+        for name in ("dim", "lora_r", "pos_emb_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def start_layer(self) -> int:
+        return self.num_layers - self.adapter_layers
+
+    @property
+    def lora_scaling(self) -> float:
+        return self.lora_alpha / self.lora_r
+
+    @staticmethod
+    def for_lm(lm_cfg: LMConfig, adapter_layers: int | None = None, **kw) -> "FusionConfig":
+        """The adapters of `lm_cfg` (all layers by default, as the official model)."""
+        layers = lm_cfg.num_layers if adapter_layers is None else adapter_layers
+        return FusionConfig(dim=lm_cfg.dim, num_layers=lm_cfg.num_layers, adapter_layers=layers, **kw)
+
+    def check_lm(self, lm_cfg: LMConfig, source: str = "adapters") -> None:
+        """One ImgenError when these adapters do not fit an LM of config `lm_cfg`."""
+        if (self.dim, self.num_layers) != (lm_cfg.dim, lm_cfg.num_layers):
+            raise ImgenError(
+                f"{source}: adapters for an LM of width {self.dim} with {self.num_layers} layers do not fit "
+                f"this LM (width {lm_cfg.dim}, {lm_cfg.num_layers} layers)"
+            )
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @staticmethod
+    def from_dict(d: dict, source: str = "adapters config") -> "FusionConfig":
+        return config_from_dict(FusionConfig, d, source)
+
+
+class InstructAdapters(nnx.Module):
+    """The trainable parameters of Instruct-MusicGen (names and layout in the module docstring).
+
+    Initialised as the official code: merge_linear and LoRA A uniform in +-1/sqrt(dim) (PyTorch's
+    Linear / peft's kaiming_uniform(a=sqrt(5))), pos_emb standard normal, gates and LoRA B zero, so
+    fresh adapters leave the LM's output unchanged.
+    """
+
+    def __init__(self, cfg: FusionConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        A, D, L, r, P = cfg.adapter_layers, cfg.dim, cfg.num_layers, cfg.lora_r, cfg.pos_emb_frames
+        bound = 1.0 / math.sqrt(D)
+
+        def uniform(shape):
+            return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+
+        self.merge_linear = nnx.Param(uniform((A, D, D)))
+        self.pos_emb = nnx.Param(jax.random.normal(rngs.params(), (A + 1, P, D), jnp.float32))
+        self.gates = nnx.Param(jnp.zeros((A,), jnp.float32))
+        self.lora_q = nnx.Dict(a=nnx.Param(uniform((L, D, r))), b=nnx.Param(jnp.zeros((L, r, D), jnp.float32)))
+        self.lora_v = nnx.Dict(a=nnx.Param(uniform((L, D, r))), b=nnx.Param(jnp.zeros((L, r, D), jnp.float32)))
+
+    def lora(self) -> CrossLoRA:
+        """The text-fusion LoRA, stacked over the LM layers, for `MusicGenLM` (hidden / init_cache)."""
+        L = self.cfg.num_layers
+        return CrossLoRA(
+            q_a=self.lora_q["a"][...], q_b=self.lora_q["b"][...], v_a=self.lora_v["a"][...], v_b=self.lora_v["b"][...],
+            scale=jnp.full((L,), self.cfg.lora_scaling, jnp.float32),
+        )
+
+
+def init_adapters(cfg: FusionConfig, seed: int = 0) -> InstructAdapters:
+    """Fresh adapters (gates and LoRA B zero: the LM's output is unchanged)."""
+    return InstructAdapters(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_adapters(cfg: FusionConfig) -> InstructAdapters:
+    """Adapters whose parameters are shape placeholders, to be filled by `weights.load_into`."""
+    return nnx.eval_shape(lambda: InstructAdapters(cfg, rngs=nnx.Rngs(0)))
+
+
+# ---- audio fusion ---------------------------------------------------------------------------------
+def condition_embedding(lm: MusicGenLM, cond_codes: jax.Array) -> jax.Array:
+    """Sum of the LM's own codebook embeddings of condition codes [B,K,Tc] -> [B,Tc,dim] (no positions)."""
+    emb = lm.emb[...]
+    x = sum(jnp.take(emb[k], cond_codes[:, k], axis=0) for k in range(lm.cfg.num_codebooks))
+    return x.astype(lm.dtype)
+
+
+def audio_prefixes(lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.Array) -> AudioPrefix:
+    """The audio-fusion prefix of every LM layer, computed once per clip.
+
+    cond_codes [B, K, Tc] int, the special frame already appended (see `instruct.append_special`).
+    Returns AudioPrefix with q/k/v [num_layers, B, Tc, H, D] and gate [num_layers]; layers below
+    start_layer hold zeros (zero gate). Runs the LM's own layers start_layer.. (a slice of its
+    stacked weights inside the traced function, no copy in the model).
+    """
+    cfg, lcfg = adapters.cfg, lm.cfg
+    cfg.check_lm(lcfg)
+    B, K, Tc = cond_codes.shape
+    if K != lcfg.num_codebooks:
+        raise ImgenError(f"condition codes have {K} codebooks, the LM has {lcfg.num_codebooks}")
+    if Tc > cfg.pos_emb_frames:
+        raise ImgenError(
+            f"condition of {Tc} frames (special frame included) is longer than the adapters' positional table "
+            f"({cfg.pos_emb_frames} frames)"
+        )
+    start, dtype = cfg.start_layer, lm.dtype
+    c = condition_embedding(lm, cond_codes)
+    pos = adapters.pos_emb[...][:, :Tc].astype(dtype)  # [A+1, Tc, dim]
+    merge = adapters.merge_linear[...]
+    o = jnp.broadcast_to(pos[0][None], (B, Tc, lcfg.dim))
+    causal = jnp.where(jnp.tril(jnp.ones((Tc, Tc), bool)), 0.0, NEG_INF).astype(jnp.float32)
+    g, s = nnx.split(lm.layers)
+    s_adapted = jax.tree.map(lambda a: a[start:], s)
+
+    def body(o, xs):
+        st, w, pe = xs
+        layer = nnx.merge(g, st)
+        h = layer.norm1(o) + (jnp.dot(c, w.astype(dtype)) + pe[None])
+        q, k, v = layer.self_attn.qkv(h)
+        y = attention(q, k, v, causal)
+        o = o + layer.self_attn.out_proj(y.reshape(B, Tc, -1))
+        o = o + layer.mlp(layer.norm2(o))
+        return o, (q, k, v)
+
+    _, (q, k, v) = jax.lax.scan(body, o, (s_adapted, merge, pos[1:]))
+    gate = adapters.gates[...]
+    if start:
+        pad = [(start, 0)] + [(0, 0)] * 4
+        q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
+        gate = jnp.pad(gate, (start, 0))
+    return AudioPrefix(q=q, k=k, v=v, gate=gate)
+
+
+# ---- LoRA merged into the LM (inference convenience) ---------------------------------------------
+def merge_lora(lm: MusicGenLM, adapters: InstructAdapters) -> MusicGenLM:
+    """A copy of `lm` whose cross-attention q / kv kernels include the LoRA (W + scale * A^T B^T).
+
+    For decoding with code that does not thread a `CrossLoRA` (equal to the unmerged path up to
+    float rounding). The copy shares every other array with `lm`; only the merged kernels are new.
+    """
+    adapters.cfg.check_lm(lm.cfg)
+    lo = adapters.lora()
+    s = adapters.cfg.lora_scaling
+    D = lm.cfg.dim
+    graphdef, state = nnx.split(lm)
+    merged = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))  # new Variables, same arrays
+    q, kv = merged.layers.cross_attn.q_proj.kernel, merged.layers.cross_attn.kv_proj.kernel
+    dq = jnp.einsum("ldr,lre->lde", lo.q_a, lo.q_b) * s
+    dv = jnp.einsum("ldr,lre->lde", lo.v_a, lo.v_b) * s
+    q.set_value(q[...] + dq.astype(q[...].dtype))
+    kv.set_value(kv[...].at[:, :, D:].add(dv.astype(kv[...].dtype)))
+    return merged
+
+
+# ---- adapters in a converted model directory -------------------------------------------------------
+def save_adapters(model_dir: str | os.PathLike, cfg: FusionConfig, flat: dict[str, np.ndarray]) -> None:
+    """Add (or replace) the `adapters` component of an existing converted directory.
+
+    Writes `adapters.safetensors` and the `adapters` entry of config.json, each atomically (weights
+    first, so an interrupted write never leaves config.json pointing at a missing file). The
+    adapters must fit the directory's LM when it has one.
+    """
+    from imgen_jax.modeldir import CONFIG_NAME, read_model_config
+    from imgen_jax.weights import check_names_and_shapes, module_shapes, save_safetensors
+
+    model_dir = os.fspath(model_dir)
+    meta = read_model_config(model_dir)
+    if "lm" in meta:
+        cfg.check_lm(LMConfig.from_dict(meta["lm"], f"{model_dir}/{CONFIG_NAME} [lm]"), model_dir)
+    check_names_and_shapes(module_shapes(abstract_adapters(cfg)), flat, f"{model_dir} [adapters]")
+    save_safetensors(os.path.join(model_dir, f"{COMPONENT}.safetensors"), flat)
+    meta[COMPONENT] = cfg.to_dict()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=model_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(model_dir, CONFIG_NAME))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_adapters(model_dir: str | os.PathLike) -> tuple[FusionConfig, dict[str, np.ndarray]]:
+    """(FusionConfig, flat weights) of the `adapters` component of a converted directory."""
+    from imgen_jax.modeldir import CONFIG_NAME, read_component
+
+    cfg_dict, flat = read_component(model_dir, COMPONENT)
+    return FusionConfig.from_dict(cfg_dict, f"{os.fspath(model_dir)}/{CONFIG_NAME} [{COMPONENT}]"), flat
+
+
+def load_adapters(model_dir: str | os.PathLike, lm_cfg: LMConfig | None = None) -> InstructAdapters:
+    """Load the `adapters` component of a converted directory (checked against `lm_cfg`, or against
+    the directory's own LM config when it has one)."""
+    from imgen_jax.modeldir import CONFIG_NAME, read_model_config
+    from imgen_jax.weights import load_into
+
+    model_dir = os.fspath(model_dir)
+    cfg, flat = read_adapters(model_dir)
+    if lm_cfg is None:
+        meta = read_model_config(model_dir)
+        if "lm" in meta:
+            lm_cfg = LMConfig.from_dict(meta["lm"], f"{model_dir}/{CONFIG_NAME} [lm]")
+    if lm_cfg is not None:
+        cfg.check_lm(lm_cfg, model_dir)
+    adapters = abstract_adapters(cfg)
+    load_into(adapters, flat, f"{model_dir}/{COMPONENT}.safetensors")
+    return adapters
+
+
+__all__ = [
+    "FusionConfig", "InstructAdapters", "init_adapters", "abstract_adapters", "condition_embedding",
+    "audio_prefixes", "merge_lora", "save_adapters", "read_adapters", "load_adapters",
+]
