@@ -122,14 +122,16 @@ class LayerNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None) -> jax.Array:
-    """Scaled dot-product attention. q [B,Q,H,D], k/v [B,K,H,D], bias broadcastable to [B,H,Q,K] -> [B,Q,H,D]."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, heads_major: bool = False) -> jax.Array:
+    """Scaled dot-product attention. q [B,Q,H,D], k/v [B,K,H,D] (heads_major: [B,H,K,D]), bias broadcastable
+    to [B,H,Q,K] -> [B,Q,H,D]."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    kv = "bhkd" if heads_major else "bkhd"
+    logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32) * scale
     if bias is not None:
         logits = logits + bias
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return jnp.einsum(f"bhqk,{kv}->bqhd", probs, v)
 
 
 class AudioPrefix(NamedTuple):
@@ -226,11 +228,13 @@ class DecoderLayer(nnx.Module):
         prefix: AudioPrefix | None = None,
         prefix_pos: jax.Array | None = None,
         lora: CrossLoRA | None = None,
+        kv_heads_major: bool = False,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One layer.
 
         x [B,S,dim]. self_kv: None (attend within x, `self_bias` [S,S] causal) or (k, v) [B,Smax,H,D]
-        caches already holding this chunk's keys (then `self_bias` [S,Smax]). cross_kv: text keys and
+        ([B,H,Smax,D] when kv_heads_major) caches already holding this chunk's keys (then `self_bias`
+        [S,Smax]). cross_kv: text keys and
         values [B,L,H,D]; cross_bias [B,1,1,L] or None. prefix / prefix_pos [S]: the audio-fusion
         prefix and the condition position each query reads its q offset from. lora: this layer's slice
         of the cross-attention LoRA (its q part is applied here; its v part is in `cross_kv`).
@@ -241,7 +245,7 @@ class DecoderLayer(nnx.Module):
         if self_kv is None:
             y = attention(q, k, v, self_bias)
         else:
-            y = attention(q, self_kv[0], self_kv[1], self_bias)
+            y = attention(q, self_kv[0], self_kv[1], self_bias, heads_major=kv_heads_major)
         if prefix is not None:
             qp = jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
             y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None)
@@ -260,18 +264,20 @@ class DecoderLayer(nnx.Module):
 
 
 class KVCache(NamedTuple):
-    """Decoding state: self-attention caches [layers, B, Smax, H, D], text keys/values
+    """Decoding state: self-attention caches [layers, B, Smax, H, D] (or, from
+    `init_cache(per_layer=True)`, tuples of one [B, H, Smax, D] array per layer), text keys/values
     [layers, B, L, H, D], the text key bias [B,1,1,L] (or None), the next position [] and the
     cross-attention LoRA (stacked CrossLoRA or None) whose v part is already in cross_v and whose
     q part every `extend` applies."""
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     cross_k: jax.Array
     cross_v: jax.Array
     cross_bias: jax.Array | None
     pos: jax.Array
     lora: CrossLoRA | None = None
+    layer_states: tuple | None = None  # per-layer cache only: each layer's weights, sliced once (init_cache)
 
 
 def text_key_bias(mask: jax.Array | None) -> jax.Array | None:
@@ -327,7 +333,12 @@ class MusicGenLM(nnx.Module):
     def project_heads(self, x: jax.Array) -> jax.Array:
         """Final hidden [B,S,dim] -> logits [B,K,S,card] float32 (after out_norm)."""
         h = self.out_norm(x)
-        return jnp.einsum("bsd,kdc->bksc", h, self.heads[...].astype(h.dtype)).astype(jnp.float32)
+        K = self.cfg.num_codebooks
+        # one batched [B*S, dim] x [dim, card] product per codebook: reads `heads` in its stored layout
+        # (a plain "bsd,kdc->bksc" contraction makes XLA transpose all of `heads` on every call)
+        hk = jnp.broadcast_to(h[None], (K,) + h.shape)
+        out = jnp.einsum("kbsd,kdc->kbsc", hk, self.heads[...].astype(h.dtype))
+        return out.transpose(1, 0, 2, 3).astype(jnp.float32)
 
     def cross_kv(self, memory: jax.Array, lora: CrossLoRA | None = None) -> tuple[jax.Array, jax.Array]:
         """Text keys/values for every layer: memory [B,L,dim] -> ([layers,B,L,H,D], [layers,B,L,H,D]).
@@ -403,17 +414,34 @@ class MusicGenLM(nnx.Module):
 
     # ---- KV-cached decoding -------------------------------------------------------------------
     def init_cache(
-        self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None, lora: CrossLoRA | None = None
+        self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None, lora: CrossLoRA | None = None,
+        per_layer: bool = False,
     ) -> KVCache:
         """Empty self-attention cache of `max_len` steps plus the text keys/values computed once.
 
-        lora: optional stacked cross-attention LoRA; kept in the cache, so every `extend` applies it."""
+        lora: optional stacked cross-attention LoRA; kept in the cache, so every `extend` applies it.
+        per_layer: one heads-major [B, H, max_len, D] key and value buffer per layer instead of one stacked
+        [layers, B, max_len, H, D] buffer, and each layer's weights sliced out of the stack once, here
+        (`layer_states`; a second copy of the layer weights while the cache lives); `extend` then runs the
+        layers unrolled (see there)."""
         cfg = self.cfg
-        shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
         ck, cv = self.cross_kv(memory, lora)
+        layer_states = None
+        if per_layer:
+            shape = (batch, cfg.num_heads, max_len, cfg.head_dim)
+            k = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
+            v = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
+            _, stacked = nnx.split(self.layers)
+            # the barrier keeps XLA from sinking the slices back into a decode loop (re-copied every step)
+            layer_states = jax.lax.optimization_barrier(
+                tuple(jax.tree.map(lambda a: a[i], stacked) for i in range(cfg.num_layers))
+            )
+        else:
+            shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
+            k, v = jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
         return KVCache(
-            k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype), cross_k=ck, cross_v=cv,
-            cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32), lora=lora,
+            k=k, v=v, cross_k=ck, cross_v=cv, cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32),
+            lora=lora, layer_states=layer_states,
         )
 
     def extend(
@@ -422,21 +450,22 @@ class MusicGenLM(nnx.Module):
         cache: KVCache,
         prefixes: AudioPrefix | None = None,
         prefix_pos: jax.Array | None = None,
-        unroll: bool = False,
     ) -> tuple[jax.Array, KVCache]:
         """Feed pattern steps seq [B,K,S] at positions cache.pos.. and return (logits [B,K,S,card], cache).
 
         Used both as prefill (S = prompt length) and as the one-step decode (S = 1). Keys and values
         are written into the cache in place (dynamic_update_slice on the carried buffers).
-        unroll: apply the layers as a Python loop over static slices of the stacked weights instead of
-        a scan (same result). Inside a decode loop XLA hoists those slices out of the loop, so each step
-        reads every layer's weights in place instead of copying a dynamic slice of the stack (faster on
-        CPU; costs a longer compile and a transient second copy of the layer weights).
+        With a per-layer cache (`init_cache(per_layer=True)`) the layers run as a Python loop over the
+        cache's per-layer weights instead of a scan (same result): each step then reads every layer's
+        weights and its own cache buffers in place, where a scan copies a dynamic slice of the weight
+        stack and of the cache every step and transposes the cache for the attention (1.5x to 2x slower
+        per step on CPU). The price: a longer compile and the second copy of the layer weights.
         prefixes / prefix_pos [S]: the audio-fusion prefix and the condition position of each step's
         prefix query (the caller clamps it); the cross-attention LoRA comes from `cache.lora`.
         """
         S = seq.shape[-1]
-        Smax = cache.k.shape[2]
+        per_layer = isinstance(cache.k, (tuple, list))
+        Smax = (cache.k[0] if per_layer else cache.k).shape[2]
         pos0 = cache.pos
         x = self.embed(seq, pos0)
         qpos = pos0 + jnp.arange(S)
@@ -456,13 +485,20 @@ class MusicGenLM(nnx.Module):
             x, _ = layer(x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos, lo)
             return (x, kc, vc), None
 
-        xs = (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes, cache.lora)
-        if unroll:
-            carry = (x, cache.k, cache.v)
+        if per_layer:  # per-layer heads-major buffers: unrolled layers
+            kc, vc = list(cache.k), list(cache.v)
             for i in range(n):
-                carry, _ = body(carry, jax.tree.map(lambda a: a[i], xs))
-            x, kc, vc = carry
+                ck, cv, pre, lo = jax.tree.map(lambda a: a[i], (cache.cross_k, cache.cross_v, prefixes, cache.lora))
+                layer = nnx.merge(g, cache.layer_states[i])
+                _, k_new, v_new = layer.self_attn.qkv(layer.norm1(x))
+                kc[i] = jax.lax.dynamic_update_slice(kc[i], k_new.swapaxes(1, 2).astype(kc[i].dtype), (0, 0, pos0, 0))
+                vc[i] = jax.lax.dynamic_update_slice(vc[i], v_new.swapaxes(1, 2).astype(vc[i].dtype), (0, 0, pos0, 0))
+                x, _ = layer(
+                    x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos, lo, kv_heads_major=True
+                )
+            kc, vc = tuple(kc), tuple(vc)
         else:
+            xs = (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes, cache.lora)
             (x, kc, vc), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
         return self.project_heads(x), cache._replace(k=kc, v=vc, pos=pos0 + S)
 

@@ -41,12 +41,15 @@ from imgen_jax.weights import load_into, module_shapes, module_weights
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT = os.path.normpath(os.path.join(ROOT, "..", "shared", "fixtures", "official_tiny"))
 FIXTURE = os.environ.get("IMGEN_OFFICIAL_FIXTURE") or _DEFAULT
-CKPT = "finetuned_tiny.ckpt"
 
 if not os.path.isdir(FIXTURE):
     if os.environ.get("IMGEN_OFFICIAL_FIXTURE"):
         raise RuntimeError(f"IMGEN_OFFICIAL_FIXTURE={FIXTURE} is not a directory")
     pytest.skip(f"official fixture not found at {FIXTURE}", allow_module_level=True)
+_CKPTS = sorted(f for f in os.listdir(FIXTURE) if f.endswith(".ckpt"))
+if len(_CKPTS) != 1:
+    raise RuntimeError(f"{FIXTURE}: expected exactly one .ckpt file, found {_CKPTS}")
+CKPT = _CKPTS[0]
 
 # The official key templates (SEMANTICS.md), Instructor-relative.
 LORA_KEY = "peft_model.lm.transformer.base_model.model.layers.{i}.cross_attention.{p}_proj.lora_{m}.default.weight"
@@ -186,6 +189,22 @@ def test_greedy_decode_matches_official(fx, converted):
     codes = generate_mod.generate(merge_lora(lm, adapters), memory, None, sampling, prefixes=fusion.prefixes,
                                   prefix_clamp=fusion.prefix_clamp)
     np.testing.assert_array_equal(np.asarray(codes), io["gen_codes"])
+
+
+def test_windowed_edit_first_window_matches_official(fx, converted):
+    """imgen_jax.edit.edit_tokens over the whole condition with windows of gen_frames: the first window
+    is the official greedy decode; the output covers every condition frame."""
+    from imgen_jax.edit import EditConfig, edit_tokens
+
+    cfg, io = fx
+    _, lm, adapters, memory = converted
+    G = cfg["gen_frames"]
+    cond = _codes(io, "cond_codes")
+    config = EditConfig(guidance_scale=cfg["cfg_coef"], use_sampling=False, window_frames=G, stride_frames=G // 2)
+    codes = np.asarray(edit_tokens(merge_lora(lm, adapters), adapters, cond, memory, config))
+    assert codes.shape == cond.shape
+    np.testing.assert_array_equal(codes[:, :, :G], io["gen_codes"])
+    assert codes.min() >= 0 and codes.max() < cfg["card"]
 
 
 def test_state_dict_npz_is_what_the_converter_read(converted):

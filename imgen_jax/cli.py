@@ -1,0 +1,251 @@
+"""The `imgen` command.
+
+    imgen convert SRC --out DIR [--compression FILE] [--t5 DIR] [--adapters CKPT] [--overwrite]
+    imgen export-adapters DIR --out adapters.pt [--layout save_weights|lightning]
+    imgen info DIR
+    imgen generate --model DIR --prompt TEXT --seconds S --out out.wav [--seed N] [--spectrogram out.png]
+    imgen edit --model DIR --input mix.wav --instruction "remove drums" --out out.wav [--spectrogram ba.png]
+
+Errors meant for the user (ImgenError) print as one line `error: ...` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from imgen_jax.errors import ImgenError
+
+CONVERT_HELP = """\
+Convert PyTorch weights into an imgen_jax model directory (config.json + safetensors) that
+loads without torch. SRC may be:
+  - a Hugging Face MusicGen snapshot directory (config.json with model_type "musicgen" and
+    model.safetensors / pytorch_model.bin, sharded or not): LM, EnCodec and T5 are converted;
+    spiece.model is copied when present;
+  - an audiocraft MusicGen directory holding state_dict.bin (LM + the T5 output_proj) and
+    optionally compression_state_dict.bin (EnCodec 32 kHz), or the state_dict.bin file itself;
+    audiocraft does not ship T5: pass a Hugging Face t5-base directory with --t5;
+  - a Hugging Face T5 directory (model_type "t5"): converted alone.
+The model size (small, medium, large, stereo variants) is read from the weights. Pickled
+checkpoints are loaded with torch.load(weights_only=True): a file holding anything but tensors
+is refused. Needs the `convert` extra (torch, transformers, safetensors).
+"""
+
+
+def _convert(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ImgenError("imgen convert needs PyTorch: pip install 'imgen_jax[convert]'") from None
+    from convert.musicgen import convert_any
+
+    if args.adapters is not None and not os.path.isfile(args.adapters):
+        raise ImgenError(f"{args.adapters}: adapter checkpoint not found")
+    out = convert_any(args.src, args.out, compression=args.compression, t5_dir=args.t5, overwrite=args.overwrite)
+    if args.adapters is not None:
+        from convert.instruct_ckpt import add_adapters
+
+        try:
+            ck = add_adapters(out, args.adapters, lora_alpha=args.lora_alpha)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # no model directory that silently lacks the adapters
+            raise
+        for note in ck.notes:
+            print(f"note: {note}")
+    _print_info(out)
+    return 0
+
+
+def _export_adapters(args: argparse.Namespace) -> int:
+    from convert.instruct_ckpt import export_official_adapters
+    from imgen_jax.audio import check_writable
+    from imgen_jax.fusion import read_adapters
+
+    out = check_writable(args.out)
+    cfg, flat = read_adapters(args.model_dir)
+    print(export_official_adapters(out, cfg, flat, layout=args.layout))
+    return 0
+
+
+MAX_SECONDS = 600.0
+
+
+def _progress_bar(total: int, desc: str, unit: str):
+    """(tqdm bar, callback(done, total)) updating the bar from the compiled loop's progress reports."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+    def update(done: int, of: int) -> None:  # reports may count decoding steps: scale them to the bar
+        value = min(total, int(done) * total // max(int(of), 1))
+        bar.update(max(0, value - bar.n))
+
+    return bar, update
+
+
+def _out_paths(out: str, n: int) -> list[str]:
+    from imgen_jax.audio import check_writable
+
+    if n == 1:
+        return [check_writable(out)]
+    root, ext = os.path.splitext(out)
+    return [check_writable(f"{root}_{i}{ext or '.wav'}") for i in range(n)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if not (0 < args.seconds <= MAX_SECONDS):
+        raise ImgenError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {args.seconds:g}")
+    prompts = [p.strip() for p in args.prompt]
+    if any(not p for p in prompts):
+        raise ImgenError("--prompt is empty; describe the music to generate")
+    outs = _out_paths(args.out, len(prompts))
+    spec = None if args.spectrogram is None else _out_paths(args.spectrogram, 1)[0]
+    import numpy as np
+
+    from imgen_jax.api import load_musicgen
+    from imgen_jax.audio import save_spectrograms, write_wav
+    from imgen_jax.generate import SamplingConfig, generate
+
+    mg = load_musicgen(args.model)
+    for name in ("encodec", "t5", "tokenizer"):
+        if getattr(mg, name) is None:
+            raise ImgenError(f"{args.model}: generation needs the {name} component (convert it with T5 and EnCodec)")
+    config = SamplingConfig.for_duration(
+        args.seconds, frame_rate=mg.frame_rate, guidance_scale=args.guidance, top_k=args.top_k, top_p=args.top_p,
+        temperature=args.temperature, seed=args.seed,
+    )
+    hidden, mask = mg.encode_text(prompts)
+    memory = mg.lm.text_memory(hidden, mask)
+    bar, update = _progress_bar(config.num_frames, "generating", "frame")
+    with bar:
+        codes = generate(mg.lm, memory, None, config, progress=update)
+        codes.block_until_ready()
+        bar.update(config.num_frames - bar.n)
+    audio = np.asarray(mg.decode_codes(codes))
+    for wav, out in zip(audio, outs):
+        print(write_wav(out, wav, mg.sample_rate))
+    if spec is not None:
+        print(save_spectrograms(spec, [w[0] for w in audio], [p[:40] for p in prompts], mg.sample_rate))
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from imgen_jax.edit import EditConfig, normalise_instruction
+
+    instructions = args.instruction
+    if len(instructions) == 1:
+        instructions = instructions * len(args.input)
+    if len(instructions) != len(args.input):
+        raise ImgenError(f"{len(args.input)} inputs but {len(instructions)} instructions (give one, or one per input)")
+    for t in instructions:
+        normalise_instruction(t)
+    outs = _out_paths(args.out, len(args.input))
+    spec = None if args.spectrogram is None else _out_paths(args.spectrogram, 1)[0]
+    config = EditConfig(seed=args.seed, guidance_scale=args.guidance, top_k=args.top_k,
+                        window_frames=args.window_frames, stride_frames=args.stride_frames)
+    from imgen_jax.audio import read_audio, save_spectrograms, write_wav
+    from imgen_jax.edit import Editor
+    from imgen_jax.modeldir import read_model_config
+
+    meta = read_model_config(args.model)
+    sr = int(meta.get("encodec", {}).get("sampling_rate", 32000))
+    wavs = [read_audio(p, sr) for p in args.input]  # every input checked before the model loads
+    editor = Editor.load(args.model)
+    total = sum(editor.mg.encodec.cfg.num_frames(w.shape[-1]) for w in wavs)
+    bar, update = _progress_bar(total, "editing", "frame")
+    with bar:
+        results = editor.edit(wavs, instructions, config, update)
+        bar.update(total - bar.n)
+    for wav, out in zip(results, outs):
+        print(write_wav(out, wav, sr))
+    if spec is not None:
+        print(save_spectrograms(spec, [wavs[0][0], results[0][0]], ["before", normalise_instruction(instructions[0])[23:]], sr))
+    return 0
+
+
+def _print_info(model_dir: str) -> None:
+    from imgen_jax.modeldir import read_model_config
+
+    meta = read_model_config(model_dir)
+    parts = {k: v for k, v in meta.items() if isinstance(v, dict)}
+    print(f"{model_dir}: kind {meta['kind']}, components {', '.join(sorted(parts)) or 'none'}")
+    for name, cfg in sorted(parts.items()):
+        print(f"  {name}: {json.dumps(cfg, sort_keys=True)}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    _print_info(args.model_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="imgen", description="Instruct-MusicGen in JAX/Flax: convert, generate, edit.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert PyTorch MusicGen / T5 weights", description=CONVERT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("src", help="Hugging Face directory, audiocraft directory or state_dict.bin")
+    c.add_argument("--out", required=True, help="output model directory (written atomically)")
+    c.add_argument("--compression", help="audiocraft compression_state_dict.bin (EnCodec), if not next to SRC")
+    c.add_argument("--t5", help="Hugging Face T5 directory to include (audiocraft sources)")
+    c.add_argument("--adapters", help="official Instruct-MusicGen checkpoint (finetuned.ckpt or save_weights file) to add")
+    c.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha of the adapters (official: 64)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    c.set_defaults(func=_convert)
+
+    x = sub.add_parser("export-adapters", help="write a directory's adapters as an official PyTorch file")
+    x.add_argument("model_dir")
+    x.add_argument("--out", required=True)
+    x.add_argument("--layout", choices=("save_weights", "lightning"), default="save_weights")
+    x.set_defaults(func=_export_adapters)
+
+    g = sub.add_parser("generate", help="text-to-music with a converted MusicGen")
+    g.add_argument("--model", required=True, help="converted model directory")
+    g.add_argument("--prompt", required=True, action="append", help="text description (repeat for a batch)")
+    g.add_argument("--seconds", type=float, default=10.0)
+    g.add_argument("--out", required=True, help="output wav (out_0.wav, out_1.wav, ... for several prompts)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--top-k", type=int, default=250)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--spectrogram", help="also write a spectrogram PNG")
+    g.set_defaults(func=_generate)
+
+    e = sub.add_parser("edit", help="edit music mixes by instruction (Instruct-MusicGen)")
+    e.add_argument("--model", required=True, help="converted model directory with adapters")
+    e.add_argument("--input", required=True, action="append", help="input audio, any rate / channels (repeatable)")
+    e.add_argument("--instruction", required=True, action="append",
+                   help="'add drums', 'remove bass', 'extract piano' or 'Music piece. Instruct: No Bass.'")
+    e.add_argument("--out", required=True, help="output wav (out_0.wav, ... for several inputs)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument("--top-k", type=int, default=250)
+    e.add_argument("--window-frames", type=int, default=500, help="frames per decoding window (<= 500)")
+    e.add_argument("--stride-frames", type=int, default=250, help="frames between window starts")
+    e.add_argument("--spectrogram", help="before / after spectrogram PNG of the first input")
+    e.set_defaults(func=_edit)
+
+    i = sub.add_parser("info", help="print the components and sizes of a converted directory")
+    i.add_argument("model_dir")
+    i.set_defaults(func=_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ImgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Text-instructed editing of music mixes with Instruct-MusicGen: instructions, windows, the editor.
+
+    from imgen_jax.edit import Editor
+
+    ed = Editor.load("models/instruct-musicgen")          # converted MusicGen + `adapters` component
+    out = ed.edit([wav], ["remove drums"])                # wav [1, N] float at 32 kHz -> list of [1, N']
+
+Pipeline (the official `Instructor.generate`): EnCodec-encode the input mix to condition codes
+[B, K, T]; the instruction goes through T5 and the LM's text projection (padded rows zeroed, no key
+mask, as audiocraft); the output is decoded window by window: a window of n frames at frame offset o
+is conditioned on the condition frames o..o+n (the special frame appended after the last one), its
+audio-fusion prefix is computed once before its decode loop, and from the second window on the last
+`window - stride` generated frames are the window's audio prompt. Decoding is `imgen_jax.generate`
+(one compiled program per window shape) with CFG on the text (both halves get the same prefix).
+The LoRA is merged into the LM's cross-attention weights once at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imgen_jax.errors import ImgenError
+
+OFFICIAL_PREFIX = "Music piece. Instruct: "
+_VERBS = {  # plain verb -> official verb
+    "add": "Add", "remove": "No", "no": "No", "without": "No", "delete": "No", "drop": "No",
+    "extract": "Only", "only": "Only", "isolate": "Only", "keep only": "Only", "generate": "Generate",
+}
+_OFFICIAL_RX = re.compile(r"^music piece\.\s*instruct:\s*(add|no|only|generate)\s+(.+?)\.?\s*$", re.I)
+_PLAIN_RX = re.compile(r"^\s*(" + "|".join(sorted(map(re.escape, _VERBS), key=len, reverse=True)) + r")\s+(?:the\s+)?(.+?)\.?\s*$", re.I)
+
+# Stem names of the training data: Slakh2100's instrument classes and MoisesDB's stems.
+STEMS = (
+    "Drums", "Bass", "Piano", "Guitar", "Strings", "Strings (continued)", "Organ", "Brass", "Reed", "Pipe",
+    "Synth Lead", "Synth Pad", "Chromatic Percussion", "Ethnic", "Percussive", "Sound Effects",
+    "Vocals", "Percussion", "Bowed Strings", "Wind", "Other Keys", "Other Plucked", "Other",
+)
+_STEM_BY_KEY = {s.lower(): s for s in STEMS}
+_STEM_BY_KEY.update({"drum": "Drums", "vocal": "Vocals", "voice": "Vocals", "keys": "Piano", "guitars": "Guitar"})
+
+
+def normalise_instruction(text: str) -> str:
+    """An instruction in the official format ("Music piece. Instruct: Add Drums.") or a plain one
+    ("add drums", "remove bass", "extract piano") -> the official text. Unparseable -> ImgenError
+    listing the accepted forms and stems."""
+    if not isinstance(text, str) or not text.strip():
+        raise ImgenError("empty instruction; " + _accepted())
+    m = _OFFICIAL_RX.match(text.strip()) or _PLAIN_RX.match(text.strip())
+    if m is None:
+        raise ImgenError(f"cannot parse the instruction {text!r}; " + _accepted())
+    verb = _VERBS[m.group(1).lower()] if m.re is _PLAIN_RX else m.group(1).capitalize()
+    stem_key = re.sub(r"\s+", " ", m.group(2).strip().lower())
+    stem = _STEM_BY_KEY.get(stem_key)
+    if stem is None:
+        raise ImgenError(f"unknown stem {m.group(2)!r} in the instruction {text!r}; " + _accepted())
+    return f"{OFFICIAL_PREFIX}{verb} {stem}."
+
+
+def _accepted() -> str:
+    return (
+        "accepted: 'add STEM', 'remove STEM' (or no / without), 'extract STEM' (or only / isolate), or the official "
+        "'Music piece. Instruct: Add|No|Only STEM.'; stems: " + ", ".join(s.lower() for s in STEMS)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EditConfig:
+    """Decoding settings of an edit. window_frames <= the adapters' pos_emb_frames - 1 (500 for the
+    official checkpoint = 10 s); stride_frames: how far each next window starts (its first
+    window - stride frames are the previous window's output, used as audio prompt)."""
+
+    guidance_scale: float = 3.0
+    use_sampling: bool = True
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float | None = None
+    seed: int = 0
+    window_frames: int = 500
+    stride_frames: int = 250
+
+    def __post_init__(self):
+        if not 0 < self.stride_frames <= self.window_frames:
+            raise ImgenError(f"stride_frames must be in 1..window_frames ({self.window_frames}), got {self.stride_frames}")
+
+
+def window_plan(total: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """[(offset, frames, prompt_frames)] of each window of an edit of `total` frames (official loop)."""
+    plan, offset, prompt = [], 0, 0
+    while offset + prompt < total:
+        n = min(total - offset, window)
+        if prompt >= n:
+            break
+        plan.append((offset, n, prompt))
+        prompt, offset = n - stride, offset + stride
+        prompt = max(prompt, 0)
+    return plan
+
+
+def edit_tokens(
+    lm, adapters, cond_codes, memory, config: EditConfig = EditConfig(),
+    progress: Callable[[int, int], None] | None = None,
+) -> jax.Array:
+    """The windowed edit decode: cond_codes [B, K, T] + text memory [B, L, dim] -> codes [B, K, T].
+
+    lm: the MusicGen LM with the adapters' LoRA merged (`imgen_jax.fusion.merge_lora`); adapters: the
+    audio fusion. memory: `lm.text_memory(t5_hidden, mask)` (no key mask is applied, as audiocraft).
+    Window w at frame offset o with n frames is conditioned on condition frames o..o+n (the special
+    frame after the last), its prefix computed once; its audio prompt is the previous window's last
+    n_prev - stride frames.
+    """
+    from imgen_jax.generate import SamplingConfig, generate
+    from imgen_jax.instruct import decode_fusion
+
+    cond = jnp.asarray(cond_codes, jnp.int32)
+    B, K, T = cond.shape
+    key = jax.random.PRNGKey(config.seed)
+    out, prompt = [], None
+    for w, (offset, n, tp) in enumerate(window_plan(T, config.window_frames, config.stride_frames)):
+        fusion = decode_fusion(lm, adapters, cond[:, :, offset:], num_frames=n)
+        sampling = SamplingConfig(
+            num_frames=n, guidance_scale=config.guidance_scale, use_sampling=config.use_sampling,
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, window_frames=None,
+        )
+        report = None
+        if progress is not None:
+            def report(done, steps, _start=offset + tp, _new=n - tp):
+                progress(_start + (done * _new) // max(steps, 1), T)
+        gen = generate(
+            lm, memory, None, sampling, prompt=prompt, key=jax.random.fold_in(key, w),
+            prefixes=fusion.prefixes, prefix_clamp=fusion.prefix_clamp, progress=report,
+        )
+        out.append(gen[:, :, tp:])
+        prompt = gen[:, :, config.stride_frames:] if n > config.stride_frames else None
+    return jnp.concatenate(out, axis=-1)[:, :, :T]
+
+
+class Editor:
+    """MusicGen + Instruct adapters, ready to edit. `mg`: imgen_jax.api.MusicGen (EnCodec, T5 and tokenizer
+    required); `adapters`: imgen_jax.fusion.InstructAdapters."""
+
+    def __init__(self, mg, adapters):
+        from imgen_jax.fusion import merge_lora
+
+        for name in ("encodec", "t5", "tokenizer"):
+            if getattr(mg, name) is None:
+                raise ImgenError(f"{mg.model_dir or 'model'}: editing needs the {name} component")
+        adapters.cfg.check_lm(mg.lm.cfg, mg.model_dir or "model")
+        self.mg = mg
+        self.adapters = adapters
+        self.lm = merge_lora(mg.lm, adapters)  # LoRA touches only cross-attention: fine for the fusion pass too
+        self.max_window = adapters.cfg.pos_emb_frames - 1
+
+    @classmethod
+    def load(cls, model_dir: str, dtype=jnp.float32) -> "Editor":
+        from imgen_jax.api import load_musicgen
+        from imgen_jax.fusion import load_adapters
+        from imgen_jax.modeldir import read_model_config
+
+        meta = read_model_config(model_dir)
+        if "adapters" not in meta:
+            raise ImgenError(
+                f"{model_dir}: no Instruct-MusicGen adapters in this model directory; add them with "
+                "`imgen convert SRC --adapters finetuned.ckpt --out DIR`"
+            )
+        mg = load_musicgen(model_dir, dtype=dtype)
+        return cls(mg, load_adapters(model_dir, mg.lm.cfg))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mg.sample_rate
+
+    def edit_codes(
+        self, cond_codes, instructions: Sequence[str], config: EditConfig = EditConfig(),
+        progress: Callable[[int, int], None] | None = None,
+    ) -> jax.Array:
+        """cond_codes [B, K, T] (the input mix's codes) + B instructions -> edited codes [B, K, T].
+
+        progress(frames_done, T) is called as decoding advances (from inside the compiled loop)."""
+        B = cond_codes.shape[0]
+        if len(instructions) != B:
+            raise ImgenError(f"{len(instructions)} instructions for {B} inputs")
+        if config.window_frames > self.max_window:
+            raise ImgenError(f"window_frames {config.window_frames} exceeds the adapters' {self.max_window} positions")
+        hidden, mask = self.mg.encode_text([normalise_instruction(t) for t in instructions])
+        return edit_tokens(self.lm, self.adapters, cond_codes, self.lm.text_memory(hidden, mask), config, progress)
+
+    def edit(
+        self, wavs: Sequence[np.ndarray], instructions: Sequence[str], config: EditConfig = EditConfig(),
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[np.ndarray]:
+        """Mono wavs [1, N_i] float32 at `sample_rate` + one instruction each -> edited wavs [1, N_i'].
+
+        Inputs of equal length are edited as one batch; different lengths run one after another.
+        progress(frames_done, frames_total) counts output frames over all batches."""
+        if len(wavs) != len(instructions):
+            raise ImgenError(f"{len(instructions)} instructions for {len(wavs)} inputs")
+        for t in instructions:
+            normalise_instruction(t)  # refuse a bad instruction before any work
+        results: list[np.ndarray | None] = [None] * len(wavs)
+        groups: dict[int, list[int]] = {}
+        for i, w in enumerate(wavs):
+            groups.setdefault(np.asarray(w).shape[-1], []).append(i)
+        frames = {n: self.mg.encodec.cfg.num_frames(n) for n in groups}
+        total, before = sum(frames.values()), 0
+        for n, idx in groups.items():
+            batch = np.stack([np.asarray(wavs[i], np.float32).reshape(1, -1) for i in idx])
+            codes = self.mg.encode_audio(batch)
+            report = None
+            if progress is not None:
+                def report(done, _T, _before=before):
+                    progress(_before + done, total)
+            edited = self.edit_codes(codes, [instructions[i] for i in idx], config, report)
+            before += frames[n]
+            audio = np.asarray(self.mg.decode_codes(edited))
+            for j, i in enumerate(idx):
+                results[i] = audio[j]
+        return results  # type: ignore[return-value]
+
+
+__all__ = ["normalise_instruction", "EditConfig", "window_plan", "edit_tokens", "Editor", "STEMS"]
