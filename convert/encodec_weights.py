@@ -5,8 +5,8 @@ Our names are listed in imgen_jax/encodec.py. Weight norm (torch's `weight_g`/`w
 (convert.common.fold_weight_norm); models trained without weight norm (plain `weight`) load too.
 Conv weights [out, in, k] become kernels [k, in, out]; transposed-conv weights [in, out, k]
 become [k, in, out] and then their polyphase form (imgen_jax.encodec.polyphase_kernel); LSTM
-`weight_ih_l{n}` / `weight_hh_l{n}` [4W, W] become lstm/layers/{n}/w_ih / w_hh [W, 4W] and the
-two biases are summed; codebook `embed` [card, D] are stacked to [K, card, D]. The quantizer's
+`weight_ih_l{n}` [4W, W] becomes lstm/layers/{n}/w_ih [W, 4W], `weight_hh_l{n}` is kept as w_hh
+[4W, W] and the two biases are summed; codebook `embed` [card, D] are stacked to [K, card, D]. The quantizer's
 training buffers (`inited`, `cluster_size`, `embed_avg`) are ignored.
 
 Both PyTorch layouts index the SEANet `nn.Sequential` / `nn.ModuleList` the same way, ELU
@@ -234,7 +234,7 @@ def _convert(sd: Mapping[str, np.ndarray], layout: _Layout, known: dict, source:
             bi = r.take(f"{prefix}lstm.bias_ih_l{n}", (4 * W,))
             bh = r.take(f"{prefix}lstm.bias_hh_l{n}", (4 * W,))
             flat[f"{ours}/layers/{n}/w_ih"] = None if wi is None else wi.T
-            flat[f"{ours}/layers/{n}/w_hh"] = None if wh is None else wh.T
+            flat[f"{ours}/layers/{n}/w_hh"] = wh
             flat[f"{ours}/layers/{n}/bias"] = None if bi is None or bh is None else bi.astype(np.float64) + bh
 
     F, C, D, W = cfg.num_filters, cfg.audio_channels, cfg.hidden_size, cfg.width

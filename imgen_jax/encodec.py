@@ -17,7 +17,7 @@ with `normalize=False` and no chunking, i.e. MusicGen's 32 kHz codec:
 - Residual blocks: y = shortcut(x) + conv2(elu(conv1(elu(x)))), shortcut identity or a 1x1 conv.
 - LSTM (PyTorch gate order i, f, g, o; b = b_ih + b_hh), `num_lstm_layers` stacked, with a skip:
   y = lstm(x) + x. The input projection of each layer is one matmul over all time steps; only
-  h @ w_hh runs inside `lax.scan`.
+  w_hh @ h runs inside `lax.scan`.
 - RVQ: codebook k picks argmin_j (|r|^2 - 2 r.e_j) + |e_j|^2 (first index on ties) of the
   residual r, then r -= e_code. Decoding sums the codebook vectors.
 
@@ -34,7 +34,7 @@ ConvTranspose1d weight [in, out, k]): the equivalent stride-1 convolution over t
     encoder/blocks/{i}/res/{j}/conv2/{kernel,bias}  [1, c // compress, c]
     encoder/blocks/{i}/res/{j}/shortcut/...         [1, c, c]                (use_conv_shortcut only)
     encoder/blocks/{i}/down/{kernel,bias}           [2 r_i, c, 2 c]          (r = reversed ratios)
-    encoder/lstm/layers/{n}/{w_ih,w_hh}, .../bias   [W, 4 W], [4 W]          (W = F * 2^len(ratios))
+    encoder/lstm/layers/{n}/w_ih, w_hh, bias        [W, 4 W], [4 W, W], [4 W]  (W = F * 2^len(ratios))
     encoder/conv_out/{kernel,bias}                  [lk, W, D], [D]
     decoder/conv_in/{kernel,bias}                   [k, D, W]
     decoder/lstm/...                                as the encoder's
@@ -134,8 +134,12 @@ class EncodecConfig:
 
 
 def elu(x: jax.Array) -> jax.Array:
-    """ELU with alpha 1 (torch.nn.ELU): x if x > 0 else expm1(x)."""
-    return jnp.where(x > 0, x, jnp.expm1(jnp.minimum(x, 0)))
+    """ELU with alpha 1 (torch.nn.ELU): x if x > 0 else exp(x) - 1.
+
+    exp(x) - 1 rather than expm1(x): about 3x cheaper in XLA CPU's vectorised code, and its
+    absolute error (<= 6e-8 near 0) is far below the parity tolerance.
+    """
+    return jnp.where(x > 0, x, jnp.exp(jnp.minimum(x, 0)) - 1)
 
 
 def pad1d(x: jax.Array, left: int, right: int, mode: str) -> jax.Array:
@@ -282,26 +286,28 @@ class ResBlock(nnx.Module):
 
 
 class LSTMLayer(nnx.Module):
-    """One LSTM layer: w_ih, w_hh [W, 4W] (PyTorch's weights transposed; gates i, f, g, o), bias [4W] (b_ih + b_hh)."""
+    """One LSTM layer, gates i, f, g, o: w_ih [W, 4W] (PyTorch's weight_ih transposed), w_hh [4W, W]
+    (PyTorch's weight_hh as is: the per-step matrix-vector product reads contiguous rows), bias [4W]
+    (b_ih + b_hh)."""
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, unroll: int = 2):
         scale = 1.0 / math.sqrt(dim)
         self.w_ih = nnx.Param(jax.random.uniform(rngs.params(), (dim, 4 * dim), jnp.float32, -scale, scale))
-        self.w_hh = nnx.Param(jax.random.uniform(rngs.params(), (dim, 4 * dim), jnp.float32, -scale, scale))
+        self.w_hh = nnx.Param(jax.random.uniform(rngs.params(), (4 * dim, dim), jnp.float32, -scale, scale))
         self.bias = nnx.Param(jnp.zeros((4 * dim,), jnp.float32))
         self.dtype, self.unroll = dtype, unroll
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Time-major x [T, B, W] -> hidden states [T, B, W] (zero initial state)."""
         T, B, W = x.shape
-        # input projection of every step in one matmul; only h @ w_hh runs inside the scan
+        # input projection of every step in one matmul; only w_hh @ h runs inside the scan
         xw = jnp.dot(x.reshape(T * B, W), self.w_ih[...].astype(self.dtype)).reshape(T, B, 4 * W)
         xw = xw + self.bias[...].astype(self.dtype)
         w_hh = self.w_hh[...].astype(self.dtype)
 
         def step(carry, xw_t):
             h, c = carry
-            g = (xw_t + jnp.dot(h, w_hh)).astype(jnp.float32)
+            g = (xw_t + jnp.einsum("gd,bd->bg", w_hh, h)).astype(jnp.float32)
             i, f, gg, o = jnp.split(g, 4, axis=-1)
             c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
             h = (jax.nn.sigmoid(o) * jnp.tanh(c)).astype(self.dtype)
@@ -500,7 +506,7 @@ def init_encodec(cfg: EncodecConfig | None = None, seed: int = 0, dtype=jnp.floa
         if name == "kernel":
             value = rng.standard_normal(shape) / math.sqrt(shape[0] * shape[1])
         elif name in ("w_ih", "w_hh"):
-            bound = 1.0 / math.sqrt(shape[0])
+            bound = 1.0 / math.sqrt(min(shape))
             value = rng.uniform(-bound, bound, shape)
         elif name == "codebooks":
             value = rng.standard_normal(shape)

@@ -44,11 +44,11 @@ def _text(model, batch=B, length=L, seed=1):
 def _hf_generate(model, ids, mask, **kw):
     """transformers' generate -> (codes [B,K,T] int, guided scores [B,K,N,V]); the codes are captured at the
     audio decoder (generate returns audio)."""
-    captured = {}
+    captured = []
     original = model.audio_encoder.decode
 
-    def capture(codes, *a, **k):
-        captured["codes"] = codes.clone()
+    def capture(codes, *a, **k):  # stereo models decode the left, then the right codebooks
+        captured.append(codes.clone())
         return original(codes, *a, **k)
 
     model.audio_encoder.decode = capture
@@ -61,7 +61,13 @@ def _hf_generate(model, ids, mask, **kw):
         model.audio_encoder.decode = original
     K = model.decoder.num_codebooks
     scores = np.stack([s.numpy().reshape(ids.shape[0], K, -1) for s in out.scores], axis=2)
-    return captured["codes"][0].numpy(), scores
+    if len(captured) == 1:
+        codes = captured[0][0].numpy()
+    else:
+        left, right = captured[0][0].numpy(), captured[1][0].numpy()
+        codes = np.empty(left.shape[:1] + (K,) + left.shape[2:], left.dtype)
+        codes[:, 0::2], codes[:, 1::2] = left, right
+    return codes, scores
 
 
 def _memory(model, lm, ids, mask):
@@ -96,6 +102,31 @@ def test_greedy_matches_transformers(tiny, guidance):
     assert codes.shape == ref_codes.shape == (B, 4, N - 3)
     np.testing.assert_array_equal(np.asarray(codes), ref_codes)
     _check_close(np.asarray(logits)[:, :, 1:], ref_scores)  # logits[:, :, s] chose step s; step 0 is the start
+
+
+def test_stereo_greedy_matches_transformers(tmp_path):
+    """8 codebooks, left/right of each level sharing a delay (delays 0,0,1,1,2,2,3,3)."""
+    model = musicgen_model(codebooks=8, audio_channels=2, seed=5)
+    lm = _convert(model, tmp_path / "out")
+    ids, mask = _text(model)
+    memory, m = _memory(model, lm, ids, mask)
+    N = 12  # frames = N + 1 - (max_delay + 1)
+    ref_codes, ref_scores = _hf_generate(model, ids, mask, do_sample=False, guidance_scale=3.0, max_new_tokens=N)
+    codes, logits = generate(lm, memory, m, SamplingConfig(num_frames=N - 3, guidance_scale=3.0, use_sampling=False),
+                             return_logits=True)
+    assert codes.shape == ref_codes.shape == (B, 8, N - 3)
+    np.testing.assert_array_equal(np.asarray(codes), ref_codes)
+    _check_close(np.asarray(logits)[:, :, 1:], ref_scores)
+
+
+def test_scanned_layers_match_unrolled(tiny):
+    """unroll_layers=False (stacked cache, scanned layers) decodes the same tokens as the default."""
+    model, lm, ids, mask, memory, m = tiny
+    cfg = SamplingConfig(num_frames=10, guidance_scale=3.0, use_sampling=False)
+    codes, logits = generate(lm, memory, m, cfg, return_logits=True, unroll_layers=True)
+    codes_s, logits_s = generate(lm, memory, m, cfg, return_logits=True, unroll_layers=False)
+    np.testing.assert_array_equal(np.asarray(codes), np.asarray(codes_s))
+    _check_close(np.asarray(logits_s), np.asarray(logits))
 
 
 def test_top_k_1_is_greedy(tiny):
@@ -221,6 +252,19 @@ def test_compiles_once_per_bucket(tiny):
     assert gen.trace_count() == before
     generate(lm, memory, m, SamplingConfig(**{**base.__dict__, "num_frames": 40}))  # next bucket
     assert gen.trace_count() == before + 1
+    # ahead-of-time compilation: the call afterwards starts without tracing or compiling
+    other = SamplingConfig(**{**base.__dict__, "num_frames": 70})
+    assert gen.compile_generate(lm, memory, m, other) == 1
+    assert gen.trace_count() == before + 2
+    generate(lm, memory, m, other)
+    assert gen.trace_count() == before + 2
+    # long form: one program per distinct window shape (first, middle, last)
+    long = SamplingConfig(**{**base.__dict__, "num_frames": 45, "window_frames": 20, "stride_frames": 10,
+                             "length_bucket": 1})
+    assert gen.compile_generate(lm, memory, m, long) == 3  # windows of 20 (no prompt), 20 and 15 frames
+    n = gen.trace_count()
+    assert generate(lm, memory, m, long).shape == (B, 4, 45)
+    assert gen.trace_count() == n
 
 
 def test_bucketed_buffer_does_not_change_tokens(tiny):
