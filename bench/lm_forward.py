@@ -24,14 +24,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
-    from flax import nnx
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
     from convert.lm_weights import lm_from_hf
+    from imgen_jax.api import jit_method
     from imgen_jax.lm import MusicGenLM, abstract_lm
     from imgen_jax.weights import load_into
 
@@ -61,21 +60,16 @@ def main() -> None:
         with torch.inference_mode():
             return ref(input_ids=t_seq, encoder_hidden_states=t_mem).logits
 
-    graphdef, state = nnx.split(lm)
-
-    @jax.jit
-    def jax_fwd(state, seq, memory):
-        return nnx.merge(graphdef, state)(seq, memory)
-
+    forward = jit_method(lm, lambda m, seq, memory: m(seq, memory))  # the runtime's jit path (imgen_jax.api)
     j_seq, j_mem = jnp.asarray(seq, jnp.int32), jnp.asarray(memory)
-    compile_s = timed_once(lambda: jax_fwd(state, j_seq, j_mem).block_until_ready())
+    compile_s = timed_once(lambda: forward(j_seq, j_mem).block_until_ready())
 
-    ours = np.asarray(jax_fwd(state, j_seq, j_mem))
+    ours = np.asarray(forward(j_seq, j_mem))
     theirs = torch_fwd().reshape(B, K, S, card).numpy()
     err = float(np.abs(ours - theirs).max())
 
     t_torch = median_seconds(torch_fwd, args.repeats)
-    t_jax = median_seconds(lambda: jax_fwd(state, j_seq, j_mem).block_until_ready(), args.repeats)
+    t_jax = median_seconds(lambda: forward(j_seq, j_mem).block_until_ready(), args.repeats)
     print(f"shape: batch {B} x {S} steps, {args.layers} layers x {dim}; max |jax - torch| = {err:.2e}")
     print(f"jax compile (first call): {compile_s:.2f} s")
     print(f"torch forward: {t_torch * 1000:.1f} ms (median of {args.repeats})")

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgen_jax import xla
 from imgen_jax.errors import ImgenError
 from imgen_jax.lm import MusicGenLM, load_lm
 from imgen_jax.modeldir import read_model_config
@@ -35,7 +36,7 @@ def jit_method(module: nnx.Module, fn: Callable) -> Callable:
     compiled program is reused for any weights of the same shapes.
     """
     graphdef, state = nnx.split(module)
-    run = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+    run = xla.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
     return lambda *args: run(state, *args)
 
 

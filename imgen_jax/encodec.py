@@ -290,7 +290,7 @@ class LSTMLayer(nnx.Module):
     (PyTorch's weight_hh as is: the per-step matrix-vector product reads contiguous rows), bias [4W]
     (b_ih + b_hh)."""
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, unroll: int = 2):
+    def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, unroll: int = 1):
         scale = 1.0 / math.sqrt(dim)
         self.w_ih = nnx.Param(jax.random.uniform(rngs.params(), (dim, 4 * dim), jnp.float32, -scale, scale))
         self.w_hh = nnx.Param(jax.random.uniform(rngs.params(), (4 * dim, dim), jnp.float32, -scale, scale))

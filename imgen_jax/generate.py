@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgen_jax import xla
 from imgen_jax.errors import ImgenError
 from imgen_jax.lm import AudioPrefix, MusicGenLM
 from imgen_jax.patterns import build_pattern, pattern_length, revert_pattern
@@ -274,32 +275,16 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
     return (seq, logit_buf) if static.return_logits else seq
 
 
-# XLA:CPU's YNNPACK dot fusions are ~20% slower than its default dot emitter on the few-row (2B x dim)
-# matrix-vector products of a decode step (measured on a 2-core x86 VM, musicgen-small, batch 1; no
-# difference at batch 4); switched off for this program only, if this XLA knows the option.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _JITS: dict = {}
 
 
-def _decode_jit(options: bool = True):
-    key = (jax.default_backend(), options)
-    if key not in _JITS:
-        opts = _CPU_COMPILER_OPTIONS if options and key[0] == "cpu" else None
-        _JITS[key] = jax.jit(_decode_program, static_argnames=("graphdef", "static"), donate_argnames=("template",),
-                             compiler_options=opts)
-    return _JITS[key]
-
-
 def _run_compiled(args, static, lower_only: bool = False):
-    """Call (or only compile) the decode program; without the CPU option when this XLA does not know it."""
-    for options in (True, False):
-        fn = _decode_jit(options)
-        try:
-            return fn.lower(*args, static=static).compile() if lower_only else fn(*args, static=static)
-        except jax.errors.JaxRuntimeError as e:
-            if not options or "No such compile option" not in str(e):
-                raise
-            _JITS[(jax.default_backend(), True)] = _decode_jit(False)
+    """Call (or only compile) the decode program, jitted once per backend with `imgen_jax.xla` options."""
+    backend = jax.default_backend()
+    if backend not in _JITS:
+        _JITS[backend] = xla.jit(_decode_program, static_argnames=("graphdef", "static"), donate_argnames=("template",))
+    fn = _JITS[backend]
+    return fn.lower(*args, static=static).compile() if lower_only else fn(*args, static=static)
 
 
 # ---- public entry points -------------------------------------------------------------------------
@@ -406,7 +391,7 @@ def compile_generate(
 
 
 def _window_args(lm, memory, text_mask, config, T, prompt, key, extras: _Extras, progress: bool, return_logits: bool):
-    """The arguments of `_decode_jit` for one window (and the pattern length S)."""
+    """The arguments of the decode program for one window (and the pattern length S)."""
     cfg = lm.cfg
     delays = cfg.delays
     B = memory.shape[0]

@@ -1,0 +1,34 @@
+"""`jit` with the XLA compiler options imgen_jax uses on each backend.
+
+On CPU, XLA's YNNPACK dot fusions are about 20% slower than its default dot emitter for our fp32
+programs (measured on a 2-core x86 VM: musicgen-small teacher-forced forward 2.9 s -> 2.4 s, and
+a batch-1 decode step 106 -> 86 ms), so they are switched off, when this XLA knows the option.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_options(backend: str | None = None) -> dict | None:
+    """The compiler options for `backend` (default: JAX's default backend), None when there are none."""
+    backend = backend or jax.default_backend()
+    if backend != "cpu":
+        return None
+    try:  # older XLA versions refuse unknown options at compile time
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(jnp.zeros(())).compile()
+    except Exception:
+        return None
+    return dict(_CPU_OPTIONS)
+
+
+def jit(fun: Callable, **kwargs: Any) -> Callable:
+    """`jax.jit(fun, **kwargs)` with `compiler_options()` for the default backend."""
+    return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
