@@ -1,12 +1,20 @@
 """Reference material built on the fly, for tests, benchmarks and the demo (never at run time).
 
+- PyTorch reference models (transformers' MusicGen, EnCodec, T5) built from configs, every
+  parameter then set to seeded random values (LayerNorm scales near 1) so that each path
+  contributes to the output. Nothing is downloaded.
 - `train_tiny_spiece(path)`: a tiny T5-style sentencepiece model trained from a fixed corpus.
+
+torch and transformers are imported here: this module belongs to the conversion side.
 """
 
 from __future__ import annotations
 
 import io
 import os
+
+import numpy as np
+import torch
 
 # A small music-instruction corpus for the tiny sentencepiece model (deterministic: no randomness).
 _SPM_INSTRUMENTS = (
@@ -67,3 +75,137 @@ def train_tiny_spiece(path: str | os.PathLike) -> str:
     with open(path, "wb") as f:
         f.write(buf.getvalue())
     return path
+
+def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Overwrite every parameter with seeded random values; norm weights ~ 1 + N(0, 0.1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if "norm" in name and name.endswith("weight") and p.ndim == 1:
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(std * noise)
+    return module.eval()
+
+
+def tiny_encodec_config(codebook_size: int = 16):
+    """A tiny EnCodec: hop 4 at 800 Hz (200 frames/s), 4 codebooks of `codebook_size`."""
+    from transformers import EncodecConfig
+
+    nbits = int(np.log2(codebook_size))
+    return EncodecConfig(
+        sampling_rate=800, audio_channels=1, num_filters=4, hidden_size=8, upsampling_ratios=[2, 2],
+        num_residual_layers=1, codebook_size=codebook_size, target_bandwidths=[4 * 200 * nbits / 1000],
+        num_lstm_layers=2, normalize=False, use_causal_conv=False, pad_mode="reflect", norm_type="weight_norm",
+        use_conv_shortcut=False, compress=2, kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
+    )
+
+
+def tiny_t5_config(
+    d_model: int = 24, vocab: int = 256, feed_forward_proj: str = "relu", num_buckets: int = 8, max_distance: int = 16,
+    num_layers: int = 2,
+):
+    """A tiny T5 (3 heads of 8); `feed_forward_proj` "relu" is t5-base style, "gated-gelu" t5 v1.1 / flan-t5.
+
+    vocab 256 >= the 250 ids of the `spm_model` fixture's tokenizer, so the two can share a snapshot.
+    """
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=48, num_layers=num_layers, num_heads=3,
+        relative_attention_num_buckets=num_buckets, relative_attention_max_distance=max_distance,
+        feed_forward_proj=feed_forward_proj, dropout_rate=0.0,
+    )
+
+
+def t5_base_config():
+    """t5-base shapes (the text encoder of every MusicGen size): 12 layers, d_model 768, 12 heads of 64."""
+    from transformers import T5Config
+
+    return T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="relu",
+        layer_norm_epsilon=1e-6, dropout_rate=0.0,
+    )
+
+
+def musicgen_model(
+    dim: int = 32, layers: int = 2, heads: int = 4, card: int = 16, codebooks: int = 4, audio_channels: int = 1,
+    text_config=None, audio_config=None, seed: int = 0,
+):
+    """A MusicgenForConditionalGeneration with random weights (tiny by default)."""
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
+
+    decoder = MusicgenDecoderConfig(
+        hidden_size=dim, ffn_dim=4 * dim, num_hidden_layers=layers, num_attention_heads=heads, vocab_size=card,
+        num_codebooks=codebooks, audio_channels=audio_channels, pad_token_id=card, bos_token_id=card,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, max_position_embeddings=2048,
+    )
+    config = MusicgenConfig(
+        text_encoder=(text_config or tiny_t5_config()).to_dict(),
+        audio_encoder=(audio_config or tiny_encodec_config(card)).to_dict(),
+        decoder=decoder.to_dict(),
+    )
+    torch.manual_seed(seed)
+    model = MusicgenForConditionalGeneration(config)
+    return randomize_(model, seed)
+
+
+def musicgen_small_model(seed: int = 0):
+    """musicgen-small shapes: decoder 1024 x 24 (16 heads), t5-base text encoder, EnCodec 32 kHz."""
+    t5 = t5_base_config()
+    codec = encodec_32k_config()
+    return musicgen_model(dim=1024, layers=24, heads=16, card=2048, text_config=t5, audio_config=codec, seed=seed)
+
+
+def encodec_32k_config():
+    """MusicGen's EnCodec 32 kHz (facebook/encodec_32khz): mono, ratios 8,5,4,4 (hop 640), 64 filters,
+    latent 128, 2 LSTM layers, 4 codebooks x 2048 (2.2 kbps), non-causal, reflect padding."""
+    from transformers import EncodecConfig
+
+    return EncodecConfig(
+        sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128, upsampling_ratios=[8, 5, 4, 4],
+        codebook_size=2048, target_bandwidths=[2.2], num_lstm_layers=2, normalize=False, use_causal_conv=False,
+        pad_mode="reflect", norm_type="weight_norm", use_conv_shortcut=False, compress=2, kernel_size=7,
+        last_kernel_size=7, residual_kernel_size=3, num_residual_layers=1,
+    )
+
+
+def encodec_model(config, seed: int = 0, fit_seconds: float = 0.5):
+    """A transformers EncodecModel with random weights that keep every path active.
+
+    Weight-norm gains ~ 1 + N(0, 0.25^2) (so each conv keeps its input's scale instead of shrinking
+    it 20x per layer), directions and biases random, LSTM weights N(0, 1/W). Codebooks are buffers
+    (zeros after init): each is drawn from a Gaussian with the per-dimension mean and std of the RVQ
+    residual at its stage, measured on `fit_seconds` of seeded noise, so codes spread over the codebook.
+    """
+    from transformers import EncodecModel
+
+    torch.manual_seed(seed)
+    model = EncodecModel(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if name.endswith(("weight_g", "original0")):
+                p.copy_(1.0 + 0.25 * noise)
+            elif ".lstm." in name and "weight" in name:
+                p.copy_(noise / p.shape[1] ** 0.5)
+            else:
+                p.copy_(0.05 * noise)
+        n = max(config.hop_length, int(fit_seconds * config.sampling_rate))
+        wav = 0.3 * torch.randn(1, config.audio_channels, n, generator=g)
+        model.eval()
+        r = model.encoder(wav).permute(0, 2, 1).reshape(-1, config.hidden_size)
+        for layer in model.quantizer.layers:
+            book = layer.codebook
+            e = r.mean(0) + r.std(0) * torch.randn(book.embed.shape, generator=g)
+            book.embed.copy_(e)
+            book.embed_avg.copy_(e)
+            r = r - e[book.quantize(r)]
+    return model.eval()
+
+
+def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}

@@ -162,7 +162,7 @@ def _edit(args: argparse.Namespace) -> int:
     for wav, out in zip(results, outs):
         print(write_wav(out, wav, sr))
     if spec is not None:
-        print(save_spectrograms(spec, [wavs[0][0], results[0][0]], ["before", normalise_instruction(instructions[0])[23:]], sr))
+        print(save_spectrograms(spec, [wavs[0][0], results[0][0]], ["before", f"after: {instructions[0]}"], sr))
     return 0
 
 

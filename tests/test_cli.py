@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from convert.instruct_ckpt import export_official_adapters
-from hf_models import musicgen_model
+from convert.reference_models import musicgen_model
 from imgen_jax.cli import main as imgen
 from imgen_jax.edit import Editor, normalise_instruction
 from imgen_jax.errors import ImgenError

@@ -20,7 +20,7 @@ import torch
 from convert.common import load_torch_checkpoint
 from convert.encodec_weights import encodec_hf_to_audiocraft
 from convert.lm_weights import lm_hf_to_audiocraft
-from hf_models import musicgen_model, musicgen_small_model, state_dict_numpy
+from convert.reference_models import musicgen_model, musicgen_small_model, state_dict_numpy
 from imgen_jax.api import load_musicgen
 from imgen_jax.cli import main as imgen
 from imgen_jax.errors import ImgenError
@@ -155,7 +155,7 @@ def test_truncated_files_are_one_line_errors(tmp_path, capsys):
 def test_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     from transformers import T5EncoderModel
 
-    from hf_models import tiny_t5_config
+    from convert.reference_models import tiny_t5_config
 
     t5 = {k: v for k, v in T5EncoderModel(tiny_t5_config()).state_dict().items()}
     os.makedirs(tmp_path / "ac")

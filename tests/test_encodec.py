@@ -5,7 +5,7 @@ compression_state_dict.bin written with torch.save) -> converter -> converted di
 load_encodec -> jitted encode / decode.
 
 Tolerances: codes must be exactly equal. The latents agree to ~1e-6 while, with these seeded
-weights (hf_models.encodec_model: codebooks drawn at the residuals' scale) and inputs, the gap
+weights (convert.reference_models.encodec_model: codebooks drawn at the residuals' scale) and inputs, the gap
 between the nearest and second-nearest codeword is >= 1e-5 in squared distance (tiny models)
 and >= 3e-3 (32 kHz), so no nearest-neighbour decision is a float tie. Decoded audio:
 max |ours - torch| <= 1e-4 * max(1, max |torch|) (fp32, other summation order).
@@ -17,7 +17,7 @@ import torch
 
 from convert.common import load_hf_weights, load_torch_checkpoint, strip_prefix
 from convert.encodec_weights import encodec_from_audiocraft, encodec_from_hf, encodec_hf_to_audiocraft
-from hf_models import encodec_32k_config, encodec_model, state_dict_numpy, tiny_encodec_config
+from convert.reference_models import encodec_32k_config, encodec_model, state_dict_numpy, tiny_encodec_config
 from imgen_jax.encodec import EncodecConfig, init_encodec, jit_decode, jit_encode, load_encodec
 from imgen_jax.errors import ImgenError
 from imgen_jax.modeldir import write_model_dir
@@ -171,7 +171,7 @@ def test_config_disagreeing_with_weights_is_an_error():
 
 
 def test_other_model_is_rejected():
-    from hf_models import tiny_t5_config
+    from convert.reference_models import tiny_t5_config
     from transformers import T5EncoderModel
 
     sd = state_dict_numpy(T5EncoderModel(tiny_t5_config()))

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from convert.lm_weights import lm_from_hf
-from hf_models import musicgen_model, musicgen_small_model, state_dict_numpy
+from convert.reference_models import musicgen_model, musicgen_small_model, state_dict_numpy
 from imgen_jax import generate as gen
 from imgen_jax.errors import ImgenError
 from imgen_jax.generate import SamplingConfig, choose_tokens, filter_logits, generate

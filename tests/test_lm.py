@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from convert.common import load_torch_checkpoint
 from convert.lm_weights import lm_from_audiocraft, lm_from_hf, lm_hf_to_audiocraft
-from hf_models import musicgen_model, state_dict_numpy
+from convert.reference_models import musicgen_model, state_dict_numpy
 from imgen_jax.errors import ImgenError
 from imgen_jax.lm import LMConfig, load_lm
 from imgen_jax.modeldir import write_model_dir
@@ -123,7 +123,7 @@ def test_missing_and_misshaped_lm_keys_are_listed():
 
 
 def test_other_model_is_rejected():
-    from hf_models import tiny_t5_config
+    from convert.reference_models import tiny_t5_config
     from transformers import T5EncoderModel
 
     sd = state_dict_numpy(T5EncoderModel(tiny_t5_config()))

@@ -26,7 +26,7 @@ import torch
 from flax import nnx
 
 from convert.t5_weights import convert_hf_t5_dir, t5_from_hf
-from hf_models import randomize_, state_dict_numpy, t5_base_config, tiny_t5_config
+from convert.reference_models import randomize_, state_dict_numpy, t5_base_config, tiny_t5_config
 from imgen_jax.errors import ImgenError
 from imgen_jax.t5 import T5Config, T5Tokenizer, load_t5, relative_position_bucket
 
@@ -415,7 +415,7 @@ def test_missing_embedding_is_named(tmp_path):
 
 
 def test_non_t5_state_dict_is_rejected(tmp_path):
-    from hf_models import musicgen_model
+    from convert.reference_models import musicgen_model
 
     sd = {k: v for k, v in state_dict_numpy(musicgen_model()).items() if k.startswith("decoder.")}
     with pytest.raises(ImgenError, match="not a T5 encoder state dict") as e:
