@@ -37,7 +37,7 @@ def main() -> None:
     from transformers import EncodecModel as HFEncodecModel
 
     from convert.encodec_weights import encodec_from_hf
-    from imgen_jax.encodec import abstract_encodec, decode_fn, encode_fn
+    from imgen_jax.encodec import abstract_encodec, jitted
     from imgen_jax.weights import load_into
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -65,8 +65,7 @@ def main() -> None:
     model = abstract_encodec(cfg)
     load_into(model, flat, "bench")
     graphdef, state = nnx.split(model)
-    enc_jit = jax.jit(encode_fn, static_argnums=0)
-    dec_jit = jax.jit(decode_fn, static_argnums=0)
+    enc_jit, dec_jit = jitted()  # the library's jit (imgen_jax.xla compiler options), graphdef static
     wav_j = jnp.asarray(wav.numpy())
     print(f"audio: batch {args.batch} x {n} samples ({args.seconds:g} s at {hf_cfg.sampling_rate} Hz), "
           f"codes [{args.batch}, {cfg.num_codebooks}, {cfg.num_frames(n)}]")

@@ -49,6 +49,7 @@ The runtime never imports torch or transformers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -449,8 +450,8 @@ class ResidualVectorQuantizer(nnx.Module):
 class EncodecModel(nnx.Module):
     """EnCodec codec: `encode(wav [B, C, N]) -> codes [B, K, T]`, `decode(codes) -> wav [B, C, T * hop]`.
 
-    Both are pure jnp with static shapes (jit them, e.g. with `jit_encode(model)` / `jit_decode(model)`
-    or `encode_fn` / `decode_fn` over `nnx.split(model)`). `dtype` is the compute dtype of the
+    Both are pure jnp with static shapes (jit them, e.g. with `jit_encode(model)` / `jit_decode(model)`,
+    or `jitted()` / `encode_fn` / `decode_fn` over `nnx.split(model)`). `dtype` is the compute dtype of the
     convolutions and LSTMs; quantizer distances are always float32.
     """
 
@@ -524,43 +525,46 @@ def abstract_encodec(cfg: EncodecConfig | None = None, dtype=jnp.float32) -> Enc
 
 def load_encodec(model_dir: str, dtype=jnp.float32, param_dtype=None) -> EncodecModel:
     """Load the `encodec` component of a converted model directory (see imgen_jax.modeldir)."""
-    from imgen_jax.modeldir import read_component
-    from imgen_jax.weights import load_into
+    from imgen_jax.modeldir import load_component
 
-    cfg_dict, flat = read_component(model_dir, "encodec")
-    cfg = EncodecConfig.from_dict(cfg_dict, f"{model_dir}/config.json [encodec]")
-    model = abstract_encodec(cfg, dtype)
-    load_into(model, flat, f"{model_dir}/encodec.safetensors", dtype=param_dtype)
-    return model
+    return load_component(model_dir, "encodec", EncodecConfig.from_dict, lambda cfg: abstract_encodec(cfg, dtype),
+                          param_dtype)[1]
 
 
 def encode_fn(graphdef: nnx.GraphDef, state: nnx.State, wav: jax.Array) -> jax.Array:
-    """Pure encode over `nnx.split(model)`: jit with `jax.jit(encode_fn, static_argnums=0)`."""
+    """Pure encode over `nnx.split(model)`; `jitted()` gives it compiled (graphdef static)."""
     return nnx.merge(graphdef, state).encode(wav)
 
 
 def decode_fn(graphdef: nnx.GraphDef, state: nnx.State, codes: jax.Array) -> jax.Array:
-    """Pure decode over `nnx.split(model)`: jit with `jax.jit(decode_fn, static_argnums=0)`."""
+    """Pure decode over `nnx.split(model)`; `jitted()` gives it compiled (graphdef static)."""
     return nnx.merge(graphdef, state).decode(codes)
 
 
-_encode_jit = jax.jit(encode_fn, static_argnums=0)
-_decode_jit = jax.jit(decode_fn, static_argnums=0)
+@functools.lru_cache(maxsize=None)
+def jitted() -> tuple[Callable, Callable]:
+    """(encode, decode): `encode_fn` / `decode_fn` under imgen_jax.xla.jit (the project's compiler
+    options), graphdef static. Called as f(graphdef, state, wav_or_codes); one compile per shape."""
+    from imgen_jax import xla
+
+    return xla.jit(encode_fn, static_argnums=0), xla.jit(decode_fn, static_argnums=0)
 
 
 def jit_encode(model: EncodecModel) -> Callable[[jax.Array], jax.Array]:
     """`wav [B, C, N] -> codes [B, K, T]` as one compiled program (weights passed as arguments)."""
     graphdef, state = nnx.split(model)
-    return lambda wav: _encode_jit(graphdef, state, jnp.asarray(wav, jnp.float32))
+    encode = jitted()[0]
+    return lambda wav: encode(graphdef, state, jnp.asarray(wav, jnp.float32))
 
 
 def jit_decode(model: EncodecModel) -> Callable[[jax.Array], jax.Array]:
     """`codes [B, K, T] -> wav [B, C, T * hop]` as one compiled program (weights passed as arguments)."""
     graphdef, state = nnx.split(model)
-    return lambda codes: _decode_jit(graphdef, state, jnp.asarray(codes, jnp.int32))
+    decode = jitted()[1]
+    return lambda codes: decode(graphdef, state, jnp.asarray(codes, jnp.int32))
 
 
 __all__ = [
     "EncodecConfig", "EncodecModel", "init_encodec", "abstract_encodec", "load_encodec",
-    "encode_fn", "decode_fn", "jit_encode", "jit_decode",
+    "encode_fn", "decode_fn", "jitted", "jit_encode", "jit_decode",
 ]

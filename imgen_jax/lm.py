@@ -515,16 +515,6 @@ def abstract_lm(cfg: LMConfig, dtype=jnp.float32) -> MusicGenLM:
 
 def load_lm(model_dir: str, dtype=jnp.float32, param_dtype=None) -> MusicGenLM:
     """Load the `lm` component of a converted model directory (see imgen_jax.modeldir)."""
-    from imgen_jax.modeldir import read_component
-    from imgen_jax.weights import load_into
+    from imgen_jax.modeldir import load_component
 
-    cfg_dict, flat = read_component(model_dir, "lm")
-    cfg = LMConfig.from_dict(cfg_dict, f"{model_dir}/config.json [lm]")
-    model = abstract_lm(cfg, dtype)
-    load_into(model, flat, f"{model_dir}/lm.safetensors", dtype=param_dtype)
-    return model
-
-
-def np_weights_dtype(arrs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cast every floating array to float32 (the storage dtype of converted weights)."""
-    return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in arrs.items()}
+    return load_component(model_dir, "lm", LMConfig.from_dict, lambda cfg: abstract_lm(cfg, dtype), param_dtype)[1]

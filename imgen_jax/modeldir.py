@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -103,3 +103,21 @@ def read_component(model_dir: str | os.PathLike, component: str) -> tuple[dict, 
     if component not in meta:
         raise ImgenError(f"{model_dir}: no '{component}' component in {CONFIG_NAME} (kind {meta.get('kind')!r})")
     return meta[component], read_safetensors(os.path.join(os.fspath(model_dir), f"{component}.safetensors"))
+
+
+C = TypeVar("C")
+
+
+def load_component(model_dir: str | os.PathLike, component: str, config_from_dict: Callable[[dict, str], C],
+                   abstract: Callable[[C], object], param_dtype=None):
+    """(config, module) of one component: its config parsed by `config_from_dict(d, source)`, a module
+    with abstract parameters from `abstract(config)`, filled from `<component>.safetensors` with every
+    name and shape checked (`param_dtype` casts floating weights, e.g. bfloat16 for inference)."""
+    from imgen_jax.weights import load_into
+
+    model_dir = os.fspath(model_dir)
+    cfg_dict, flat = read_component(model_dir, component)
+    cfg = config_from_dict(cfg_dict, f"{os.path.join(model_dir, CONFIG_NAME)} [{component}]")
+    module = abstract(cfg)
+    load_into(module, flat, os.path.join(model_dir, f"{component}.safetensors"), dtype=param_dtype)
+    return cfg, module
