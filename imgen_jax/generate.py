@@ -49,7 +49,7 @@ from flax import nnx
 
 from imgen_jax import xla
 from imgen_jax.errors import ImgenError
-from imgen_jax.lm import AudioPrefix, MusicGenLM
+from imgen_jax.lm import AudioPrefix, MusicGenLM, heads_major_prefixes
 from imgen_jax.patterns import build_pattern, pattern_length, revert_pattern
 
 ProgressFn = Callable[[int, int], None]
@@ -245,6 +245,8 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
         return jax.lax.dynamic_update_slice_in_dim(buf, values[:, :, None], s, axis=2)
 
     cache = lm.init_cache(rows, Smax, memory, text_mask, lora=lora, per_layer=static.unroll)
+    if prefixes is not None and static.unroll:
+        prefixes = heads_major_prefixes(prefixes)
     logits, cache = lm.extend(rows_of(template[:, :, :P]), cache, prefixes, prefix_pos(jnp.arange(P)))
     logits = logits[:, :, -1]
     seq = template

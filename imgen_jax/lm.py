@@ -137,7 +137,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, 
 class AudioPrefix(NamedTuple):
     """Per-layer audio-fusion prefix entering one layer's self-attention (see imgen_jax.fusion).
 
-    q, k, v: [B, Tc, H, D] projections of the condition sequence; gate: [] scalar.
+    q, k, v: [B, Tc, H, D] projections of the condition sequence (k and v [B, H, Tc, D] on the heads-major
+    path of a per-layer cache, see `MusicGenLM.extend`); gate: [] scalar.
     The layer adds gate * attention(q_self + q[positions], k, v) (not causal) before out_proj.
     """
 
@@ -248,7 +249,7 @@ class DecoderLayer(nnx.Module):
             y = attention(q, self_kv[0], self_kv[1], self_bias, heads_major=kv_heads_major)
         if prefix is not None:
             qp = jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
-            y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None)
+            y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None, heads_major=kv_heads_major)
         B, S = x.shape[:2]
         x = x + self.self_attn.out_proj(y.reshape(B, S, -1))
 
@@ -461,7 +462,9 @@ class MusicGenLM(nnx.Module):
         stack and of the cache every step and transposes the cache for the attention (1.5x to 2x slower
         per step on CPU). The price: a longer compile and the second copy of the layer weights.
         prefixes / prefix_pos [S]: the audio-fusion prefix and the condition position of each step's
-        prefix query (the caller clamps it); the cross-attention LoRA comes from `cache.lora`.
+        prefix query (the caller clamps it); with a per-layer cache its k and v are heads-major
+        [layers, B, H, Tc, D] (`heads_major_prefixes`, once before a decode loop). The cross-attention
+        LoRA comes from `cache.lora`.
         """
         S = seq.shape[-1]
         per_layer = isinstance(cache.k, (tuple, list))
@@ -501,6 +504,12 @@ class MusicGenLM(nnx.Module):
             xs = (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes, cache.lora)
             (x, kc, vc), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
         return self.project_heads(x), cache._replace(k=kc, v=vc, pos=pos0 + S)
+
+
+def heads_major_prefixes(prefixes: AudioPrefix) -> AudioPrefix:
+    """Stacked prefixes with k and v [layers, B, Tc, H, D] -> [layers, B, H, Tc, D], the layout of the
+    per-layer cache path of `MusicGenLM.extend` (transposed once, not in every decoding step)."""
+    return prefixes._replace(k=prefixes.k.swapaxes(2, 3), v=prefixes.v.swapaxes(2, 3))
 
 
 def init_lm(cfg: LMConfig, seed: int = 0, dtype=jnp.float32) -> MusicGenLM:
