@@ -74,8 +74,8 @@ def convert_audiocraft(
     lm_cfg, lm_flat = lm_from_audiocraft(lm_sd, lm_path, lm_meta)
     configs, weights = {"lm": lm_cfg.to_dict()}, {"lm": lm_flat}
     if compression_path is not None:
-        enc_sd, _ = _best_state(compression_path)
-        enc_cfg, enc_flat = encodec_from_audiocraft(enc_sd, compression_path)
+        enc_sd, enc_meta = _best_state(compression_path)
+        enc_cfg, enc_flat = encodec_from_audiocraft(enc_sd, compression_path, enc_meta)  # xp.cfg: rate, padding
         configs["encodec"], weights["encodec"] = config_to_dict(enc_cfg), enc_flat
     if t5_dir is not None:
         t5_config = read_json(os.path.join(t5_dir, "config.json"))
