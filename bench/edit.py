@@ -31,7 +31,6 @@ def main() -> None:
 
     import dataclasses
 
-    import jax
     import jax.numpy as jnp
     import numpy as np
 

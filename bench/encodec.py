@@ -28,16 +28,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
 
-    import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
-    from flax import nnx
     from transformers import EncodecConfig as HFEncodecConfig
     from transformers import EncodecModel as HFEncodecModel
 
     from convert.encodec_weights import encodec_from_hf
-    from imgen_jax.encodec import abstract_encodec, jitted
+    from imgen_jax.encodec import EncodecModel, abstract_encodec
+    from imgen_jax.xla import jit_method
     from imgen_jax.weights import load_into
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -64,8 +63,8 @@ def main() -> None:
     cfg, flat = encodec_from_hf(sd, hf_cfg.to_dict(), "bench")
     model = abstract_encodec(cfg)
     load_into(model, flat, "bench")
-    graphdef, state = nnx.split(model)
-    enc_jit, dec_jit = jitted()  # the library's jit (imgen_jax.xla compiler options), graphdef static
+    encode_jit = jit_method(model, EncodecModel.encode)  # the library's jit (imgen_jax.xla compiler options)
+    decode_jit = jit_method(model, EncodecModel.decode)
     wav_j = jnp.asarray(wav.numpy())
     print(f"audio: batch {args.batch} x {n} samples ({args.seconds:g} s at {hf_cfg.sampling_rate} Hz), "
           f"codes [{args.batch}, {cfg.num_codebooks}, {cfg.num_frames(n)}]")
@@ -79,10 +78,10 @@ def main() -> None:
             return ref.decode(codes, [None]).audio_values
 
     def jax_encode():
-        return enc_jit(graphdef, state, wav_j).block_until_ready()
+        return encode_jit(wav_j).block_until_ready()
 
     def jax_decode(codes):
-        return dec_jit(graphdef, state, codes).block_until_ready()
+        return decode_jit(codes).block_until_ready()
 
     first_enc = timed_once(jax_encode)
     codes_j = jax_encode()

@@ -30,7 +30,7 @@ def main() -> None:
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
     from convert.lm_weights import lm_from_hf
-    from imgen_jax.api import jit_method
+    from imgen_jax.xla import jit_method
     from imgen_jax.lm import MusicGenLM, abstract_lm
     from imgen_jax.weights import load_into
 

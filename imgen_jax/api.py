@@ -16,28 +16,15 @@ the methods that need them raise ImgenError naming what is missing.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from imgen_jax import xla
+from imgen_jax.xla import jit_method
 from imgen_jax.errors import ImgenError
 from imgen_jax.lm import MusicGenLM, load_lm
 from imgen_jax.modeldir import read_model_config
-
-
-def jit_method(module: nnx.Module, fn: Callable) -> Callable:
-    """`fn(module, *arrays)` as one jitted program over the module's state, split once.
-
-    The module's parameters are passed as jit arguments (not baked in as constants), so the
-    compiled program is reused for any weights of the same shapes.
-    """
-    graphdef, state = nnx.split(module)
-    run = xla.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
-    return lambda *args: run(state, *args)
 
 
 class MusicGen:
@@ -48,8 +35,8 @@ class MusicGen:
         self.lm, self.encodec, self.t5, self.tokenizer = lm, encodec, t5, tokenizer
         self.model_dir = model_dir
         self._lm_logits = jit_method(lm, lambda m, codes, hidden, mask: m.frame_logits(codes, m.text_memory(hidden, mask), None))
-        self._encode = jit_method(encodec, lambda m, wav: m.encode(wav)) if encodec is not None else None
-        self._decode = jit_method(encodec, lambda m, codes: m.decode(codes)) if encodec is not None else None
+        self._encode = jit_method(encodec, type(encodec).encode) if encodec is not None else None
+        self._decode = jit_method(encodec, type(encodec).decode) if encodec is not None else None
         self._text = jit_method(t5, lambda m, ids, mask: m(ids, mask)) if t5 is not None else None
 
     @property
@@ -135,4 +122,4 @@ def load_musicgen(model_dir: str | os.PathLike, dtype=jnp.float32) -> MusicGen:
     return MusicGen(lm, encodec, t5, tokenizer, model_dir=model_dir)
 
 
-__all__ = ["MusicGen", "load_musicgen", "jit_method"]
+__all__ = ["MusicGen", "load_musicgen"]

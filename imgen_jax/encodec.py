@@ -49,9 +49,7 @@ The runtime never imports torch or transformers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -450,9 +448,8 @@ class ResidualVectorQuantizer(nnx.Module):
 class EncodecModel(nnx.Module):
     """EnCodec codec: `encode(wav [B, C, N]) -> codes [B, K, T]`, `decode(codes) -> wav [B, C, T * hop]`.
 
-    Both are pure jnp with static shapes (jit them, e.g. with `jit_encode(model)` / `jit_decode(model)`,
-    or `jitted()` / `encode_fn` / `decode_fn` over `nnx.split(model)`). `dtype` is the compute dtype of the
-    convolutions and LSTMs; quantizer distances are always float32.
+    Both are pure jnp with static shapes: jit them with `imgen_jax.xla.jit_method(model, EncodecModel.encode)`.
+    `dtype` is the compute dtype of the convolutions and LSTMs; quantizer distances are always float32.
     """
 
     def __init__(self, cfg: EncodecConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
@@ -531,40 +528,6 @@ def load_encodec(model_dir: str, dtype=jnp.float32, param_dtype=None) -> Encodec
                           param_dtype)[1]
 
 
-def encode_fn(graphdef: nnx.GraphDef, state: nnx.State, wav: jax.Array) -> jax.Array:
-    """Pure encode over `nnx.split(model)`; `jitted()` gives it compiled (graphdef static)."""
-    return nnx.merge(graphdef, state).encode(wav)
-
-
-def decode_fn(graphdef: nnx.GraphDef, state: nnx.State, codes: jax.Array) -> jax.Array:
-    """Pure decode over `nnx.split(model)`; `jitted()` gives it compiled (graphdef static)."""
-    return nnx.merge(graphdef, state).decode(codes)
-
-
-@functools.lru_cache(maxsize=None)
-def jitted() -> tuple[Callable, Callable]:
-    """(encode, decode): `encode_fn` / `decode_fn` under imgen_jax.xla.jit (the project's compiler
-    options), graphdef static. Called as f(graphdef, state, wav_or_codes); one compile per shape."""
-    from imgen_jax import xla
-
-    return xla.jit(encode_fn, static_argnums=0), xla.jit(decode_fn, static_argnums=0)
-
-
-def jit_encode(model: EncodecModel) -> Callable[[jax.Array], jax.Array]:
-    """`wav [B, C, N] -> codes [B, K, T]` as one compiled program (weights passed as arguments)."""
-    graphdef, state = nnx.split(model)
-    encode = jitted()[0]
-    return lambda wav: encode(graphdef, state, jnp.asarray(wav, jnp.float32))
-
-
-def jit_decode(model: EncodecModel) -> Callable[[jax.Array], jax.Array]:
-    """`codes [B, K, T] -> wav [B, C, T * hop]` as one compiled program (weights passed as arguments)."""
-    graphdef, state = nnx.split(model)
-    decode = jitted()[1]
-    return lambda codes: decode(graphdef, state, jnp.asarray(codes, jnp.int32))
-
-
 __all__ = [
     "EncodecConfig", "EncodecModel", "init_encodec", "abstract_encodec", "load_encodec",
-    "encode_fn", "decode_fn", "jitted", "jit_encode", "jit_decode",
 ]

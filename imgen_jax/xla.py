@@ -32,3 +32,16 @@ def compiler_options(backend: str | None = None) -> dict | None:
 def jit(fun: Callable, **kwargs: Any) -> Callable:
     """`jax.jit(fun, **kwargs)` with `compiler_options()` for the default backend."""
     return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
+
+
+def jit_method(module, fn: Callable) -> Callable:
+    """`fn(module, *arrays)` as one jitted program over the module's state, split once.
+
+    The module's parameters are passed as jit arguments (not baked in as constants), so the
+    compiled program is reused for any weights of the same shapes.
+    """
+    from flax import nnx
+
+    graphdef, state = nnx.split(module)
+    run = jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+    return lambda *args: run(state, *args)

@@ -12,8 +12,6 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-import jax
-import jax.numpy as jnp
 
 from convert.instruct_ckpt import export_official_adapters
 from convert.reference_models import musicgen_model

@@ -18,7 +18,8 @@ import torch
 from convert.common import load_hf_weights, load_torch_checkpoint, strip_prefix
 from convert.encodec_weights import encodec_from_audiocraft, encodec_from_hf, encodec_hf_to_audiocraft
 from convert.reference_models import encodec_32k_config, encodec_model, state_dict_numpy, tiny_encodec_config
-from imgen_jax.encodec import EncodecConfig, init_encodec, jit_decode, jit_encode, load_encodec
+from imgen_jax.encodec import EncodecConfig, EncodecModel, init_encodec, load_encodec
+from imgen_jax.xla import jit_method
 from imgen_jax.errors import ImgenError
 from imgen_jax.modeldir import write_model_dir
 
@@ -56,7 +57,7 @@ def _check_audio(ours, ref):
 
 def _check_model(model_dir, model, lengths, batch=2):
     codec = load_encodec(str(model_dir))
-    encode, decode = jit_encode(codec), jit_decode(codec)
+    encode, decode = jit_method(codec, EncodecModel.encode), jit_method(codec, EncodecModel.decode)
     hop = model.config.hop_length
     for n in lengths:
         wav = _wav(model.config, batch, n, seed=n)
@@ -195,8 +196,8 @@ def test_config_roundtrip_and_shapes(tmp_path):
     small = EncodecConfig(sampling_rate=800, num_filters=4, hidden_size=8, upsampling_ratios=(2, 2), codebook_size=16)
     codec = init_encodec(small, seed=0)
     wav = np.zeros((1, 1, 10), np.float32)
-    assert jit_encode(codec)(wav).shape == (1, 4, 3)
-    assert jit_decode(codec)(np.zeros((1, 4, 3), np.int32)).shape == (1, 1, 12)
+    assert jit_method(codec, EncodecModel.encode)(wav).shape == (1, 4, 3)
+    assert jit_method(codec, EncodecModel.decode)(np.zeros((1, 4, 3), np.int32)).shape == (1, 1, 12)
     with pytest.raises(ImgenError, match="expected audio"):
         codec.encode(np.zeros((1, 2, 10), np.float32))
     write_model_dir(tmp_path / "lm_only", "musicgen", {}, {}, source="test")

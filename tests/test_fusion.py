@@ -25,7 +25,7 @@ from convert.instruct_ckpt import (
     add_adapters, adapters_to_official, convert_instruct, export_official_adapters, instruct_from_state_dict,
     load_checkpoint_tensors, read_instruct_checkpoint,
 )
-from imgen_jax.api import jit_method
+from imgen_jax.xla import jit_method
 from imgen_jax.errors import ImgenError
 from imgen_jax.fusion import (
     FusionConfig, abstract_adapters, audio_prefixes, init_adapters, load_adapters, merge_lora, read_adapters,
