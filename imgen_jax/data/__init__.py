@@ -1,0 +1,17 @@
+"""Instruction data: Slakh2100 / MoisesDB readers, triplets, the built stems dataset and the grain pipeline.
+
+    imgen data mini-slakh --out data/mini-slakh          # a small Slakh-layout set rendered offline
+    imgen data build --source data/mini-slakh --out data/mini-slakh-built   # optional: array_record stems
+
+    from imgen_jax.data import TripletConfig, make_triplet_loader, make_eval_set
+"""
+
+from imgen_jax.data.pipeline import TripletIterator, TripletSource, make_eval_set, make_triplet_loader
+from imgen_jax.data.tracks import FOUR_STEMS, BuildReport, Stem, Track, read_moisesdb, read_slakh, read_tracks
+from imgen_jax.data.triplets import INSTRUCTION, Triplet, TripletConfig, TrackInfo, sample_triplet
+
+__all__ = [
+    "TripletConfig", "Triplet", "TrackInfo", "INSTRUCTION", "sample_triplet", "make_triplet_loader", "make_eval_set",
+    "TripletIterator", "TripletSource", "BuildReport", "Stem", "Track", "FOUR_STEMS", "read_slakh", "read_moisesdb",
+    "read_tracks",
+]
