@@ -273,3 +273,15 @@ def test_mini_slakh_triplets(mini_slakh_root):
     src = TripletSource(mini_slakh_root, "train", cfg)
     trs = [src.triplet(i % len(src), np.random.default_rng(i)) for i in range(8)]
     assert sum(tr.retries <= cfg.max_retries for tr in trs) >= 7
+
+
+def test_cli_data_build(synth, tmp_path, capsys):
+    from imgen_jax.cli import main as imgen
+
+    assert imgen(["data", "build", "--source", synth, "--out", str(tmp_path / "b")]) == 0
+    assert "train 4, validation 1, test 2 tracks" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "b" / "imgen_stems.json")
+    assert imgen(["data", "build", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'missing'}: data directory not found"]
+    assert not os.path.exists(tmp_path / "c")
