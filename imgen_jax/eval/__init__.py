@@ -1,0 +1,22 @@
+"""Evaluation of instructed music edits with the Instruct-MusicGen paper's metrics (`imgen eval`).
+
+    sisdr.py       SI-SDR / SI-SDRi (torchmetrics' definition)
+    mel.py         mel spectrogram of the official evaluation (16 kHz, 128 HTK bands), mel L1
+    ssim.py        SSIM of mel spectrograms (torchmetrics / scikit-image Gaussian SSIM)
+    fad.py         Fréchet distance of Gaussians, pooled embedding statistics
+    embedders.py   built-in FAD embedders: `encodec` (the model's EnCodec latents), `logmel`
+    plugins.py     plug-in embedders / CLAP / classifiers: NAME, module:factory, file.py:factory[=ARG]
+    report.py      the table as text, CSV, JSON and a bar chart
+    runner.py      run_eval: the evaluation set, batched edits, scoring, resume, the table
+
+Runtime code here never imports torch. CLAP score and KL need a user plug-in (no CLAP / PaSST /
+PANNs network ships with imgen_jax).
+"""
+
+from imgen_jax.eval.fad import GaussianStats, fad, frechet_distance
+from imgen_jax.eval.mel import MelConfig, mel_l1, mel_spectrogram
+from imgen_jax.eval.sisdr import si_sdr, si_sdri
+from imgen_jax.eval.ssim import ssim
+
+__all__ = ["si_sdr", "si_sdri", "MelConfig", "mel_spectrogram", "mel_l1", "ssim", "GaussianStats", "fad",
+           "frechet_distance"]
