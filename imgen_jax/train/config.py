@@ -1,0 +1,139 @@
+"""The training config: `base_config()` (every field, documented) and `validate()`.
+
+The files under configs/ start from `base_config()` and override fields; `train.py` applies
+command-line overrides (`--config.train.steps=100`) on top. A config is plain data (an
+ml_collections ConfigDict) and is saved with every checkpoint as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from imgen_jax.errors import ImgenError
+
+TASKS = ("add", "remove", "extract")
+DATA_SOURCES = ("triplets", "synthetic")
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with the official Instruct-MusicGen training hyper-parameters as defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # adapters init, data order, samples: everything derives from (seed, step)
+    c.workdir = "runs/default"      # checkpoints/, metrics.jsonl, tb/, samples/, model/ (the trained model dir)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.base_dir = ""           # converted MusicGen directory (`imgen convert`): lm + encodec + t5 + spiece.model
+    c.model.frozen_dtype = "float32"  # "bfloat16": the frozen LM and T5 weights and compute in bf16 (EnCodec stays fp32)
+    c.model.adapter_layers = -1     # audio fusion on the last N LM layers; -1 = all (official)
+    c.model.lora_r = 32
+    c.model.lora_alpha = 64.0
+    c.model.pos_emb_frames = 501    # condition frames the positional table covers (official: 500 + the special frame)
+    c.model.mask_text_padding = True  # key-mask padded text tokens (see step.py: fixed-length padding needs it)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "triplets"      # "triplets": imgen_jax.data.make_triplet_loader over data.dir; "synthetic": tests
+    c.data.dir = ""                 # Slakh2100 / mini-Slakh / MoisesDB root
+    c.data.tasks = TASKS
+    c.data.stems = "4_stems"
+    c.data.clip_seconds = 5.0
+    c.data.sample_rate = 32000      # must equal the base model's EnCodec rate
+    c.data.text_max_length = 32     # instructions are padded to this many T5 tokens (static shapes)
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 5000
+    c.train.batch_size = 8          # global batch (over all hosts and devices)
+    c.train.lr = 1e-4               # AdamW peak learning rate
+    c.train.weight_decay = 0.05
+    c.train.b1 = 0.9
+    c.train.b2 = 0.999
+    c.train.eps = 1e-8
+    c.train.warmup_steps = 100      # linear warmup (the official DEFAULT_WARMUP_STEPS), then cosine decay to 0
+    c.train.grad_clip_norm = 0.0    # 0 = no clipping
+    c.train.log_every = 10          # metrics to stdout / jsonl / TensorBoard every N steps
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 500              # validation loss every N steps (0 = never; always at the end when > 0)
+    c.eval.batches = 4
+    c.eval.batch_size = 8
+
+    c.samples = ml_collections.ConfigDict()
+    c.samples.every = 1000          # edited samples every N steps (0 = never; always at the end when > 0)
+    c.samples.count = 2             # validation clips edited each time
+    c.samples.seconds = 0.0         # length of the edited excerpt; 0 = the whole clip
+    c.samples.top_k = 250
+    c.samples.guidance = 3.0
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 500        # save every N steps (and at the end)
+    c.checkpoint.keep = 3           # keep the N most recent checkpoints
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                # mesh axis sizes; one of them may be -1 = the remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.distributed = False      # call jax.distributed.initialize() (multi-host; coordinator from the environment)
+    c.mesh.rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))  # logical axis -> mesh axis
+
+    c.output = ml_collections.ConfigDict()
+    c.output.model_dir = ""         # where the trained model directory goes; "" = WORKDIR/model
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """One ImgenError naming the first wrong field, or None."""
+
+    def need(ok: bool, field: str, msg: str) -> None:
+        if not ok:
+            raise ImgenError(f"config.{field}: {msg}")
+
+    need(isinstance(c.model.base_dir, str) and bool(c.model.base_dir), "model.base_dir",
+         "not set; pass --config.model.base_dir=DIR (a converted MusicGen directory, `imgen convert`)")
+    need(c.model.frozen_dtype in DTYPES, "model.frozen_dtype", f"{c.model.frozen_dtype!r} is not one of {DTYPES}")
+    need(c.model.adapter_layers == -1 or c.model.adapter_layers >= 1, "model.adapter_layers", "must be -1 (all) or >= 1")
+    need(c.model.lora_r >= 1, "model.lora_r", "must be >= 1")
+    need(c.model.pos_emb_frames >= 2, "model.pos_emb_frames", "must be >= 2")
+    need(c.data.source in DATA_SOURCES, "data.source", f"{c.data.source!r} is not one of {DATA_SOURCES}")
+    if c.data.source == "triplets":
+        need(isinstance(c.data.dir, str) and bool(c.data.dir), "data.dir", "not set; pass --config.data.dir=DIR")
+    tasks = tuple(c.data.tasks)
+    need(bool(tasks) and all(t in TASKS for t in tasks), "data.tasks", f"{list(tasks)} must be a non-empty subset of {TASKS}")
+    need(c.data.clip_seconds > 0, "data.clip_seconds", "must be > 0")
+    need(c.data.sample_rate > 0, "data.sample_rate", "must be > 0")
+    need(c.data.text_max_length >= 2, "data.text_max_length", "must be >= 2")
+    need(c.train.steps >= 1, "train.steps", "must be >= 1")
+    need(c.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(c.train.lr > 0, "train.lr", "must be > 0")
+    need(c.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(0 <= c.train.warmup_steps, "train.warmup_steps", "must be >= 0")
+    need(c.train.log_every >= 1, "train.log_every", "must be >= 1")
+    need(c.train.grad_clip_norm >= 0, "train.grad_clip_norm", "must be >= 0 (0 = off)")
+    for name in ("eval.every", "samples.every", "checkpoint.every"):
+        sec, key = name.split(".")
+        need(c[sec][key] >= 0, name, "must be >= 0")
+    need(c.eval.batches >= 1 and c.eval.batch_size >= 1, "eval", "batches and batch_size must be >= 1")
+    need(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    need(c.samples.count >= 0 and c.samples.seconds >= 0, "samples", "count and seconds must be >= 0")
+    sizes = [c.mesh.data, c.mesh.fsdp, c.mesh.tensor]
+    need(all(s == -1 or s >= 1 for s in sizes) and sizes.count(-1) <= 1, "mesh",
+         f"axis sizes data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} must be >= 1, at most one -1")
+    for rule in c.mesh.rules:
+        need(len(rule) == 2 and rule[1] in ("data", "fsdp", "tensor", None), "mesh.rules",
+             f"{rule!r} must be (logical_axis, 'data' | 'fsdp' | 'tensor' | None)")
+
+
+def to_json(c: ml_collections.ConfigDict) -> dict:
+    """The config as a JSON-ready dict (tuples become lists)."""
+    return json.loads(c.to_json())
+
+
+def output_model_dir(c: ml_collections.ConfigDict) -> str:
+    return os.path.abspath(c.output.model_dir or os.path.join(c.workdir, "model"))
+
+
+__all__ = ["base_config", "validate", "to_json", "output_model_dir", "TASKS"]
