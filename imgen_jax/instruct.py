@@ -68,7 +68,7 @@ def instruct_frame_logits(
     T = target_codes.shape[-1]
     prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
     return lm.frame_logits(
-        target_codes, memory, text_mask, prefixes=prefixes, prefix_pos=jnp.arange(T + 1), lora=adapters.lora()
+        target_codes, memory, text_mask, prefixes=prefixes, prefix_pos=None, lora=adapters.lora()
     )
 
 
@@ -93,9 +93,11 @@ def instruct_loss(
     memory: jax.Array,
     text_mask: jax.Array | None = None,
 ) -> jax.Array:
-    """The official training loss: mean cross-entropy of the masked logits against the target codes."""
-    logits, mask = instruct_frame_logits(lm, adapters, target_codes, cond_codes, memory, text_mask)
-    return masked_cross_entropy(logits, target_codes, mask)
+    """The official training loss: mean cross-entropy of the masked logits against the target codes
+    (= masked_cross_entropy(*instruct_frame_logits(...)), computed by `MusicGenLM.frame_loss`)."""
+    _check_codes(lm, target_codes, cond_codes)
+    prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
+    return lm.frame_loss(target_codes, memory, text_mask, prefixes=prefixes, prefix_pos=None, lora=adapters.lora())
 
 
 class DecodeFusion(NamedTuple):

@@ -248,7 +248,8 @@ class DecoderLayer(nnx.Module):
         else:
             y = attention(q, self_kv[0], self_kv[1], self_bias, heads_major=kv_heads_major)
         if prefix is not None:
-            qp = jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
+            # prefix_pos None: step i reads position i (teacher forcing); a slice, whose gradient is no scatter
+            qp = prefix.q[:, : x.shape[1]] if prefix_pos is None else jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
             y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None, heads_major=kv_heads_major)
         B, S = x.shape[:2]
         x = x + self.self_attn.out_proj(y.reshape(B, S, -1))
@@ -412,6 +413,27 @@ class MusicGenLM(nnx.Module):
         picked = jnp.take_along_axis(logits, jnp.asarray(idx)[None, :, :, None], axis=2)
         mask = jnp.broadcast_to(jnp.asarray(valid)[None], codes.shape)
         return jnp.where(mask[..., None], picked, jnp.nan), mask
+
+    def frame_loss(self, codes: jax.Array, memory: jax.Array, text_mask: jax.Array | None = None, **kw) -> jax.Array:
+        """Mean cross-entropy of the frames' teacher-forced logits against codes [B,K,T] over the valid
+        frames: the same number as `masked_cross_entropy(*frame_logits(...))` (imgen_jax.instruct), computed
+        per codebook on the valid steps only (no [B,K,T,card] logits with NaN padding to build, mask
+        and differentiate). `kw` goes to `hidden`."""
+        delays = self.cfg.delays
+        B, K, T = codes.shape
+        seq = build_pattern(codes, self.cfg.special_token, delays, num_steps=T + 1)
+        h = self.out_norm(self.hidden(seq, memory, text_mask, **kw))  # [B,T+1,dim]
+        heads = self.heads[...]
+        total, count = jnp.zeros((), jnp.float32), 0
+        for k, d in enumerate(delays):
+            n = T - d
+            if n <= 0:
+                continue
+            logits = jnp.einsum("bsd,dc->bsc", h[:, d:T], heads[k].astype(h.dtype)).astype(jnp.float32)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            total = total - jnp.take_along_axis(logp, codes[:, k, :n, None].astype(jnp.int32), axis=-1).sum()
+            count += B * n
+        return total / max(count, 1)
 
     # ---- KV-cached decoding -------------------------------------------------------------------
     def init_cache(

@@ -132,6 +132,9 @@ def test_training_logits_mask_and_loss(fx, converted):
     np.testing.assert_array_equal(np.isnan(logits), np.isnan(io["logits"]))
     _close(logits[mask], io["logits"][io["mask"]], "logits")
     assert abs(loss - float(io["loss"])) <= 1e-4 * abs(float(io["loss"])), (loss, float(io["loss"]))
+    # instruct_loss (MusicGenLM.frame_loss: per-codebook slices) = the masked mean over our own logits
+    own = float(masked_cross_entropy(jnp.asarray(logits), tgt, jnp.asarray(mask)))
+    assert abs(loss - own) <= 1e-6 * abs(own), (loss, own)
     ref_ce = float(masked_cross_entropy(jnp.asarray(io["logits"]), tgt, jnp.asarray(io["mask"])))  # NaN-safe
     assert abs(ref_ce - float(io["loss"])) < 1e-5
 
