@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "triplets"      # "triplets": imgen_jax.data.make_triplet_loader over data.dir; "synthetic": tests
-    c.data.dir = ""                 # Slakh2100 / mini-Slakh / MoisesDB root
+    c.data.dir = ""                 # Slakh2100 / mini-Slakh / MoisesDB root, or its `imgen data build` output (faster)
     c.data.tasks = TASKS
     c.data.stems = "4_stems"
     c.data.clip_seconds = 5.0
