@@ -141,7 +141,6 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import numpy as np
     import optax
     import torch

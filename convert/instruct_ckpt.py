@@ -48,7 +48,6 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 from typing import Mapping
 
 import numpy as np
@@ -415,16 +414,11 @@ def export_official_adapters(
 
     tensors = {k: torch.from_numpy(v) for k, v in adapters_to_official(fusion, flat, layout).items()}
     obj = tensors if layout == "save_weights" else {"state_dict": tensors}
+    from imgen_jax.files import atomic_file
+
     path = os.path.abspath(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
+    with atomic_file(path, ".pt") as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
 from imgen_jax.errors import ImgenError
+from imgen_jax.files import atomic_file
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int, channels: int = 1) -> np.ndarray:
@@ -62,14 +62,9 @@ def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> str
     path = os.path.abspath(os.fspath(path))
     arr = np.asarray(wav, np.float32)
     arr = arr[None] if arr.ndim == 1 else arr
-    fd, tmp = _temp_beside(path, ".wav")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, np.clip(arr.T, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    check_writable(path)
+    with atomic_file(path, ".wav") as tmp:
+        sf.write(tmp, np.clip(arr.T, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
 
 
@@ -103,24 +98,11 @@ def save_spectrograms(path: str | os.PathLike, wavs: Sequence[np.ndarray], title
         ax.set_xlabel("time (s)")
     axes[0][0].set_ylabel("frequency (Hz)")
     fig.tight_layout()
-    fd, tmp = _temp_beside(path, ".png")
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+        check_writable(path)
+        with atomic_file(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return path
 
-
-def _temp_beside(path: str, suffix: str) -> tuple[int, str]:
-    check_writable(path)
-    return tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(path))
-
-
-def _remove(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -232,6 +231,7 @@ def save_adapters(model_dir: str | os.PathLike, cfg: FusionConfig, flat: dict[st
     first, so an interrupted write never leaves config.json pointing at a missing file). The
     adapters must fit the directory's LM when it has one.
     """
+    from imgen_jax.files import atomic_file
     from imgen_jax.modeldir import CONFIG_NAME, read_model_config
     from imgen_jax.weights import check_names_and_shapes, module_shapes, save_safetensors
 
@@ -242,15 +242,9 @@ def save_adapters(model_dir: str | os.PathLike, cfg: FusionConfig, flat: dict[st
     check_names_and_shapes(module_shapes(abstract_adapters(cfg)), flat, f"{model_dir} [adapters]")
     save_safetensors(os.path.join(model_dir, f"{COMPONENT}.safetensors"), flat)
     meta[COMPONENT] = cfg.to_dict()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=model_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_file(os.path.join(model_dir, CONFIG_NAME), ".json") as tmp:
+        with open(tmp, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(model_dir, CONFIG_NAME))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_adapters(model_dir: str | os.PathLike) -> tuple[FusionConfig, dict[str, np.ndarray]]:

@@ -65,7 +65,6 @@ def instruct_frame_logits(
     Returns (logits [B,K,T,card] float32, NaN where invalid; mask [B,K,T] bool).
     """
     _check_codes(lm, target_codes, cond_codes)
-    T = target_codes.shape[-1]
     prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
     return lm.frame_logits(
         target_codes, memory, text_mask, prefixes=prefixes, prefix_pos=None, lora=adapters.lora()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Callable, Mapping, TypeVar
 
 import numpy as np
@@ -56,8 +55,9 @@ def write_model_dir(
         raise ImgenError(f"{parent}: parent directory of the output does not exist")
     if not os.access(parent, os.W_OK):
         raise ImgenError(f"{parent}: directory is not writable")
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    from imgen_jax.files import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
         meta = {"format": FORMAT, "kind": kind, "source": source}
         for name in COMPONENTS:
             if name in weights:
@@ -67,12 +67,6 @@ def write_model_dir(
             shutil.copyfile(tokenizer_model, os.path.join(tmp, TOKENIZER_NAME))
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -8,7 +8,6 @@ Stacked (scanned) layers carry a leading layer axis. Files are written atomicall
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Mapping
 
 import numpy as np
@@ -74,17 +73,10 @@ def save_safetensors(path: str | os.PathLike, flat: Mapping[str, np.ndarray], me
     """Write `flat` to `path` atomically (temp file in the same directory, then rename)."""
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
+    from imgen_jax.files import atomic_file
+
+    with atomic_file(path, ".safetensors") as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -19,7 +19,6 @@ from imgen_jax.data import (
 )
 from imgen_jax.data.build import build_dataset
 from imgen_jax.data.sources import FileSource
-from imgen_jax.data.triplets import sample_triplet
 from imgen_jax.errors import ImgenError
 
 CLASSES = ["Drums", "Bass", "Piano", "Guitar", "Strings"]

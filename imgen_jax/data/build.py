@@ -21,8 +21,6 @@ import functools
 import io
 import json
 import os
-import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,6 +28,7 @@ import numpy as np
 from imgen_jax.data.sources import INDEX_FILE, decode_stem, resampled_length
 from imgen_jax.data.tracks import SPLITS, BuildReport, Track, detect_layout, read_tracks
 from imgen_jax.errors import ImgenError
+from imgen_jax.files import atomic_dir
 
 VERSION = "1.0.0"
 
@@ -129,10 +128,7 @@ def build_dataset(
     total = sum(len(v) for v in tracks.values())
     if total == 0:
         raise ImgenError(f"{source_dir}: no usable tracks in splits {list(splits)}")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".build-", dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:
         import absl.logging
         import tensorflow_datasets as tfds
 
@@ -165,12 +161,6 @@ def build_dataset(
         with open(os.path.join(tmp, INDEX_FILE), "w") as f:
             json.dump(index, f, indent=1)
         _check_order(tmp, index)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report.to_dict()
 
 

@@ -37,13 +37,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import uuid
 
 import numpy as np
 
 from imgen_jax.errors import ImgenError
+from imgen_jax.files import atomic_dir
 
 SPLITS = ("train", "validation", "test")
 INSTALL_TSF = "pip install --no-deps tinysoundfont==0.3.7"
@@ -601,8 +600,7 @@ def render_mini_slakh(out_dir: str, tracks: int = 20, seconds: float = 30.0, sam
     pieces = _pick_pieces(int(tracks), seed)
     from tqdm.auto import tqdm
 
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
-    try:
+    with atomic_dir(out) as tmp:
         report = {"format": "slakh2100", "generator": "imgen_jax.data.mini_slakh", "seed": seed,
                   "seconds": seconds, "sample_rate": sample_rate,
                   "tracks": dict(zip(SPLITS, counts)), "track_ids": {s: [] for s in SPLITS},
@@ -624,15 +622,4 @@ def render_mini_slakh(out_dir: str, tracks: int = 20, seconds: float = 30.0, sam
         with open(os.path.join(tmp, "mini_slakh.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1, sort_keys=True)
             f.write("\n")
-        os.chmod(tmp, 0o755)
-        old = None
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
-            os.rename(out, os.path.join(old, "x"))
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dict(report, out=out)

@@ -11,9 +11,9 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from typing import Sequence
+
+from imgen_jax.files import atomic_file
 
 HIGHER_IS_BETTER = {"si_sdr": True, "si_sdri": True, "ssim": True, "clap": True, "mel_l1": False, "kl": False}
 UNITS = {"si_sdr": "dB", "si_sdri": "dB"}
@@ -29,15 +29,9 @@ def _finite(v):
 
 
 def _atomic_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", newline="") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def format_table(rows: Sequence[dict], metrics: Sequence[str]) -> str:
@@ -102,15 +96,9 @@ def write_bar_chart(path: str, rows: Sequence[dict], metrics: Sequence[str], tit
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_file(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return path

@@ -190,18 +190,12 @@ def _append_result(path: str, rec: dict) -> None:
 
 
 def _save_stats(path: str, stats) -> None:
-    import tempfile
+    from imgen_jax.files import atomic_file
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_file(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **stats.to_arrays())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _load_stats(path: str):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import jax
@@ -60,22 +59,13 @@ def save_model_dir(out_dir: str, base_dir: str, fcfg, params) -> str:
     trained adapters; the base directory is never modified."""
     from imgen_jax.fusion import save_adapters
 
-    flat = {}
+    from flax.traverse_util import flatten_dict
 
-    def visit(prefix, tree):
-        for k, v in tree.items():
-            name = f"{prefix}/{k}" if prefix else str(k)
-            if isinstance(v, dict):
-                visit(name, v)
-            else:
-                flat[name] = np.asarray(v, np.float32)
+    from imgen_jax.files import atomic_dir
 
-    visit("", params)
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten_dict(params, sep="/").items()}
     out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:
         for name in os.listdir(base_dir):
             if name.startswith(".tmp-") or name == "adapters.safetensors":
                 continue
@@ -83,12 +73,6 @@ def save_model_dir(out_dir: str, base_dir: str, fcfg, params) -> str:
             if os.path.isfile(src):
                 shutil.copyfile(src, os.path.join(tmp, name))
         save_adapters(tmp, fcfg, flat)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

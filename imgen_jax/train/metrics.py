@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import jax
+
+from imgen_jax.files import atomic_file
 
 
 class MetricsLogger:
@@ -37,10 +38,9 @@ class MetricsLogger:
                     continue
                 if int(rec.get("step", -1)) <= step:
                     keep.append(json.dumps(rec, sort_keys=True))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=os.path.dirname(self.path))
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+        with atomic_file(self.path, ".jsonl") as tmp:
+            with open(tmp, "w") as f:
+                f.write("".join(k + "\n" for k in keep))
 
     def log(self, step: int, kind: str, metrics: dict, echo: bool = True, printer=print) -> None:
         """One record {"step", "kind", **metrics} (floats as written by Python: exact for float32)."""
