@@ -43,3 +43,36 @@ def mini_slakh_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("mini_slakh") / "slakh"
     render_mini_slakh(str(root), tracks=6, seconds=12.0, seed=0, progress=False, splits=(3, 1, 2))
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, spm_model):
+    """(root, transformers model) of a tiny random MusicGen: root/hf (Hugging Face layout + spiece.model),
+    root/adapters.pt (random Instruct adapters in the official format, gates and LoRA B non-zero),
+    root/plain and root/instruct (converted without / with the adapters). Read-only for tests."""
+    import shutil
+
+    import numpy as np
+
+    from convert.instruct_ckpt import export_official_adapters
+    from convert.reference_models import musicgen_model
+    from imgen_jax.cli import main as imgen
+    from imgen_jax.fusion import FusionConfig, init_adapters
+    from imgen_jax.lm import LMConfig
+    from imgen_jax.weights import module_weights
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    model = musicgen_model()
+    model.save_pretrained(root / "hf")
+    shutil.copyfile(spm_model, root / "hf" / "spiece.model")
+    dec = model.config.decoder
+    fcfg = FusionConfig.for_lm(LMConfig(dim=dec.hidden_size, num_heads=dec.num_attention_heads,
+                                        num_layers=dec.num_hidden_layers, card=dec.vocab_size))
+    adapters = init_adapters(fcfg, seed=1)
+    flat = module_weights(adapters)
+    rng = np.random.default_rng(0)
+    flat = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in flat.items()}  # gates, B != 0
+    export_official_adapters(root / "adapters.pt", fcfg, flat)
+    assert imgen(["convert", str(root / "hf"), "--out", str(root / "plain")]) == 0
+    assert imgen(["convert", str(root / "hf"), "--adapters", str(root / "adapters.pt"), "--out", str(root / "instruct")]) == 0
+    return root, model

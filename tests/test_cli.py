@@ -7,39 +7,19 @@ finiteness; the numerics of each stage are covered by the parity tests of the ot
 """
 
 import os
-import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from convert.instruct_ckpt import export_official_adapters
-from convert.reference_models import musicgen_model
 from imgen_jax.cli import main as imgen
 from imgen_jax.edit import Editor, normalise_instruction
 from imgen_jax.errors import ImgenError
-from imgen_jax.fusion import FusionConfig, init_adapters
-from imgen_jax.lm import LMConfig
-from imgen_jax.weights import module_weights
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, spm_model):
-    root = tmp_path_factory.mktemp("cli")
-    model = musicgen_model()
-    model.save_pretrained(root / "hf")
-    shutil.copyfile(spm_model, root / "hf" / "spiece.model")
-    dec = model.config.decoder
-    fcfg = FusionConfig.for_lm(LMConfig(dim=dec.hidden_size, num_heads=dec.num_attention_heads,
-                                        num_layers=dec.num_hidden_layers, card=dec.vocab_size))
-    adapters = init_adapters(fcfg, seed=1)
-    flat = module_weights(adapters)
-    rng = np.random.default_rng(0)
-    flat = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in flat.items()}  # gates, B != 0
-    export_official_adapters(root / "adapters.pt", fcfg, flat)
-    assert imgen(["convert", str(root / "hf"), "--out", str(root / "plain")]) == 0
-    assert imgen(["convert", str(root / "hf"), "--adapters", str(root / "adapters.pt"), "--out", str(root / "instruct")]) == 0
-    return root, model
+def model_dirs(tiny_model_dirs):
+    return tiny_model_dirs
 
 
 def _mix(path, seconds=0.5, sr=44100, channels=2):

@@ -14,33 +14,15 @@ import shutil
 import numpy as np
 import pytest
 
-from convert.instruct_ckpt import export_official_adapters
-from convert.reference_models import musicgen_model
 from imgen_jax.cli import main as imgen
 from imgen_jax.eval.runner import EvalOptions, run_eval
-from imgen_jax.fusion import FusionConfig, init_adapters
-from imgen_jax.lm import LMConfig
-from imgen_jax.weights import module_weights
 
 N, CLIP = 4, 1.0
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, spm_model):
-    root = tmp_path_factory.mktemp("evalmodel")
-    model = musicgen_model()
-    model.save_pretrained(root / "hf")
-    shutil.copyfile(spm_model, root / "hf" / "spiece.model")
-    dec = model.config.decoder
-    fcfg = FusionConfig.for_lm(LMConfig(dim=dec.hidden_size, num_heads=dec.num_attention_heads,
-                                        num_layers=dec.num_hidden_layers, card=dec.vocab_size))
-    flat = module_weights(init_adapters(fcfg, seed=1))
-    rng = np.random.default_rng(0)
-    flat = {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in flat.items()}
-    export_official_adapters(root / "adapters.pt", fcfg, flat)
-    assert imgen(["convert", str(root / "hf"), "--out", str(root / "plain")]) == 0
-    assert imgen(["convert", str(root / "hf"), "--adapters", str(root / "adapters.pt"), "--out", str(root / "instruct")]) == 0
-    return root
+def model_dir(tiny_model_dirs):
+    return tiny_model_dirs[0]
 
 
 @pytest.fixture(scope="module")
