@@ -5,7 +5,7 @@ Training forward (the official `Instructor.forward(mode="train")` + `LMModel.com
     cond_ext = cond_codes with one frame of the special token appended        [B, K, T+1]
     prefixes = audio_prefixes(lm, adapters, cond_ext)                          once per clip
     logits, mask = lm.frame_logits(target_codes, memory, None, prefixes=prefixes,
-                                   prefix_pos=arange(T+1), lora=adapters.lora())
+                                   prefix_pos=None (step i reads i), lora=adapters.lora())
     loss = mean cross-entropy of logits[mask] against target_codes[mask]
 
 `memory` is `lm.text_memory(t5_hidden, text_mask)` (output_proj of the T5 states, padded rows
@@ -50,6 +50,14 @@ def _check_codes(lm: MusicGenLM, target_codes: jax.Array, cond_codes: jax.Array)
         )
 
 
+def _training_fusion(lm: MusicGenLM, adapters: InstructAdapters, target_codes: jax.Array, cond_codes: jax.Array) -> dict:
+    """The fusion arguments of the teacher-forced forward (`MusicGenLM.hidden`'s prefixes / prefix_pos / lora):
+    the prefix of the condition with its special frame appended, step i reading prefix position i."""
+    _check_codes(lm, target_codes, cond_codes)
+    prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
+    return {"prefixes": prefixes, "prefix_pos": None, "lora": adapters.lora()}
+
+
 def instruct_frame_logits(
     lm: MusicGenLM,
     adapters: InstructAdapters,
@@ -64,11 +72,7 @@ def instruct_frame_logits(
     memory [B,L,dim] from `lm.text_memory`; text_mask None for the official semantics (no key mask).
     Returns (logits [B,K,T,card] float32, NaN where invalid; mask [B,K,T] bool).
     """
-    _check_codes(lm, target_codes, cond_codes)
-    prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
-    return lm.frame_logits(
-        target_codes, memory, text_mask, prefixes=prefixes, prefix_pos=None, lora=adapters.lora()
-    )
+    return lm.frame_logits(target_codes, memory, text_mask, **_training_fusion(lm, adapters, target_codes, cond_codes))
 
 
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
@@ -94,9 +98,7 @@ def instruct_loss(
 ) -> jax.Array:
     """The official training loss: mean cross-entropy of the masked logits against the target codes
     (= masked_cross_entropy(*instruct_frame_logits(...)), computed by `MusicGenLM.frame_loss`)."""
-    _check_codes(lm, target_codes, cond_codes)
-    prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
-    return lm.frame_loss(target_codes, memory, text_mask, prefixes=prefixes, prefix_pos=None, lora=adapters.lora())
+    return lm.frame_loss(target_codes, memory, text_mask, **_training_fusion(lm, adapters, target_codes, cond_codes))
 
 
 class DecodeFusion(NamedTuple):

@@ -237,7 +237,7 @@ class DecoderLayer(nnx.Module):
         ([B,H,Smax,D] when kv_heads_major) caches already holding this chunk's keys (then `self_bias`
         [S,Smax]). cross_kv: text keys and
         values [B,L,H,D]; cross_bias [B,1,1,L] or None. prefix / prefix_pos [S]: the audio-fusion
-        prefix and the condition position each query reads its q offset from. lora: this layer's slice
+        prefix and the condition position each query reads its q offset from (None: query i reads i). lora: this layer's slice
         of the cross-attention LoRA (its q part is applied here; its v part is in `cross_kv`).
         Returns (x, (k, v) of this chunk [B,S,H,D]).
         """
@@ -371,7 +371,7 @@ class MusicGenLM(nnx.Module):
         memory: [B,L,dim] from `text_memory`; text_mask [B,L] masks padded text keys (Hugging Face
         semantics) or None to attend to every key (audiocraft semantics: padded keys are zeros).
         prefixes: optional per-layer AudioPrefix stacked over layers (leading layer axis), with
-        prefix_pos [S] the condition position each step reads its prefix query from.
+        prefix_pos [S] the condition position each step reads its prefix query from (None: step i reads i).
         lora: optional cross-attention LoRA stacked over layers (imgen_jax.fusion's text fusion).
         """
         S = seq.shape[-1]

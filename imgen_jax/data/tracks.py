@@ -106,17 +106,25 @@ def _audio_info(path: str) -> tuple[int, int] | str:
     return int(info.samplerate), int(info.frames)
 
 
-def _finish_track(name: str, split: str, stems: list[tuple[Stem, int, int]], report: BuildReport) -> Track | None:
-    """Keep a track if it has two usable stems of one sample rate; else record why not."""
+def _add_track(tracks: list[Track], name: str, split: str, stems: list[tuple[Stem, int, int]], report: BuildReport) -> None:
+    """Append the track if it has two usable stems of one sample rate; else record why not.
+    stems: (stem, sample rate, frames) of each usable stem."""
     rates = {sr for _, sr, _ in stems}
     if len(rates) > 1:
         report.skip("track", name, f"stems have different sample rates {sorted(rates)}")
-        return None
-    if len(stems) < 2:
+    elif len(stems) < 2:
         report.skip("track", name, f"{len(stems)} usable stem(s); an instruction needs at least 2")
-        return None
-    report.stems += len(stems)
-    return Track(name, split, tuple(s for s, _, _ in stems), rates.pop(), max(f for _, _, f in stems))
+    else:
+        report.stems += len(stems)
+        tracks.append(Track(name, split, tuple(s for s, _, _ in stems), rates.pop(), max(f for _, _, f in stems)))
+
+
+def _finish_split(tracks: list[Track], split: str, where: str, report: BuildReport) -> list[Track]:
+    """Count the split's tracks in the report (an empty split is recorded as skipped) and return them."""
+    report.tracks[split] = len(tracks)
+    if not tracks:
+        report.skip("split", split, f"no usable {split} tracks in {where}")
+    return tracks
 
 
 def read_slakh(root: str, split: str, report: BuildReport | None = None) -> list[Track]:
@@ -154,13 +162,8 @@ def read_slakh(root: str, split: str, report: BuildReport | None = None) -> list
                 report.skip("stem", f"{name}/{sid}", f"{info}: {path}")
                 continue
             stems.append((Stem(sid, cls, (path,)), *info))
-        track = _finish_track(name, split, stems, report)
-        if track is not None:
-            tracks.append(track)
-    report.tracks[split] = len(tracks)
-    if not tracks:
-        report.skip("split", split, f"no usable tracks in {split_dir}")
-    return tracks
+        _add_track(tracks, name, split, stems, report)
+    return _finish_split(tracks, split, split_dir, report)
 
 
 def moisesdb_split(song_id: str) -> str:
@@ -208,13 +211,8 @@ def read_moisesdb(root: str, split: str, report: BuildReport | None = None, drop
                 report.skip("stem", f"{song}/{sname}", bad or ("no audio files" if not paths else "files with different sample rates"))
                 continue
             stems.append((Stem(sname, cls, tuple(paths)), infos[0][0], max(f for _, f in infos)))
-        track = _finish_track(song, split, stems, report)
-        if track is not None:
-            tracks.append(track)
-    report.tracks[split] = len(tracks)
-    if not tracks:
-        report.skip("split", split, f"no usable {split} tracks in {root}")
-    return tracks
+        _add_track(tracks, song, split, stems, report)
+    return _finish_split(tracks, split, root, report)
 
 
 def detect_layout(root: str) -> str:
