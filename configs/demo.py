@@ -26,6 +26,9 @@ def get_config():
     c.data.text_max_length = 24
     c.train.steps = 300
     c.train.batch_size = 8
+    c.train.grad_accum = 1
+    c.train.schedule_steps = 0      # the cosine reaches 0 at the last of the 300 steps
+    c.model.text_dropout = 0.0      # few steps on a tiny model: every step learns the instruction
     c.train.lr = 3e-3
     c.train.weight_decay = 0.05
     c.train.warmup_steps = 20

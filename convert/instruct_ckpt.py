@@ -24,14 +24,17 @@ Layouts read (all through `convert.common.load_torch_checkpoint`, i.e. `torch.lo
   'merge_linear.{j}.weight'}. It holds NO LoRA (the official code never saves it there); imported
   alone it gives LoRA B = 0 (text fusion off, what the official `load_weights` leaves) and a note.
 
-The official files do not record lora_alpha (hard-coded 64 with r = 32 in `Instructor`): pass
-`lora_alpha` when a checkpoint was trained otherwise. r is read from the LoRA shapes.
+r is read from the LoRA shapes. lora_alpha is taken from the checkpoint where it records one (a `lora_alpha`
+entry in its hyper-parameters); the official files do not (hard-coded 64 with r = 32 in `Instructor`), so
+otherwise it is the `lora_alpha` argument (`--lora-alpha`), default 64.
 
 The base LM goes through `convert.lm_weights.lm_from_audiocraft` after renaming: peft prefix and
 `base_layer` removed; the cross-attention `in_proj_weight` rebuilt from `q_proj`/`k_proj`/`v_proj`
 (the official cross-attention computes with those; its `in_proj_weight` is unused), the
-self-attention `q_proj`/`k_proj`/`v_proj` views dropped (the self-attention computes with
-`in_proj_weight`). Disagreeing duplicates are reported in `InstructCheckpoint.notes`.
+self-attention `q_proj`/`k_proj`/`v_proj` dropped (the self-attention computes with `in_proj_weight`).
+These dead weights hold other values in checkpoints trained on GPU (float32 copies re-randomised at
+construction); that is reported once, as one line of `InstructCheckpoint.notes`, not as an error.
+`key_roles` classes every key (frozen MusicGen, LoRA, fusion, fusion alias; used or dead).
 `cp_transformer.layers.{j}.*` must equal the LM's layer start+j exactly, else ImgenError.
 
 Export (`export_official_adapters`): our adapters as a torch file of tensors only, in the
@@ -40,6 +43,8 @@ Export (`export_official_adapters`): our adapters as a torch file of tensors onl
 `Instructor.load_weights(path)` loads the audio fusion (strict=False skips the LoRA keys) and
 `Instructor.load_state_dict(torch.load(path), strict=False)` the LoRA. Or layout="lightning":
 {'state_dict': {'model.' + Instructor names}} for the Lightning module's load_state_dict(strict=False).
+Both record the LoRA alpha (a scalar tensor `lora_alpha` / hyper_parameters['lora_alpha']), which the
+official loaders ignore and `read_instruct_checkpoint` uses.
 """
 
 from __future__ import annotations
@@ -187,6 +192,7 @@ def _lm_part(base: dict[str, np.ndarray], source: str, num_heads: int | None, no
     """The LM keys (peft/base_layer already removed) -> (LMConfig, flat) via the audiocraft converter."""
     ac = dict(base)
     L = _count(ac, r"transformer\.layers\.(\d+)\.")
+    dead_differ: dict[str, list[int]] = {}
     for i in range(L):
         p = f"transformer.layers.{i}."
         # cross-attention: computed with q_proj / k_proj / v_proj (LoRA-wrapped), in_proj unused
@@ -195,16 +201,19 @@ def _lm_part(base: dict[str, np.ndarray], source: str, num_heads: int | None, no
         if all(x is not None for x in parts):
             ac[p + "cross_attention.in_proj_weight"] = np.concatenate(parts, axis=0)
             if old is not None and not np.array_equal(old, ac[p + "cross_attention.in_proj_weight"]):
-                notes.append(f"layer {i}: cross_attention.in_proj_weight differs from q_proj|k_proj|v_proj; "
-                             "used q_proj/k_proj/v_proj (what the official cross-attention computes with)")
+                dead_differ.setdefault("cross_attention.in_proj_weight", []).append(i)
         elif old is not None:
             ac[p + "cross_attention.in_proj_weight"] = old
-        # self-attention: computed with in_proj_weight; q_proj / k_proj / v_proj are unused views
+        # self-attention: computed with in_proj_weight; q_proj / k_proj / v_proj are unused
         views = [ac.pop(p + f"self_attn.{n}_proj.weight", None) for n in "qkv"]
         ip = ac.get(p + "self_attn.in_proj_weight")
         if ip is not None and all(x is not None for x in views) and not np.array_equal(ip, np.concatenate(views, 0)):
-            notes.append(f"layer {i}: self_attn.q_proj/k_proj/v_proj differ from in_proj_weight; used in_proj_weight "
-                         "(what the official self-attention computes with)")
+            dead_differ.setdefault("self_attn.q/k/v_proj.weight", []).append(i)
+    if dead_differ:
+        parts = [f"{name} (layers {_ranges(layers)})" for name, layers in dead_differ.items()]
+        notes.append("unused weights differ from the ones the official code computes with, as in checkpoints trained "
+                     "on GPU (ignored; the self-attention uses in_proj_weight, the cross-attention q/k/v_proj): "
+                     + ", ".join(parts))
     cfg, flat = lm_from_audiocraft(ac, source)
     if num_heads is None:
         notes.append(f"number of attention heads not given: assumed dim // 64 = {cfg.num_heads}")
@@ -214,6 +223,74 @@ def _lm_part(base: dict[str, np.ndarray], source: str, num_heads: int | None, no
         except ValueError as e:
             raise ImgenError(f"{source}: {e}") from None
     return cfg, flat
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    runs, run = [], []
+    for i in indices:
+        if run and i != run[-1] + 1:
+            runs.append(run)
+            run = []
+        run.append(i)
+    if run:
+        runs.append(run)
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+KEY_ROLES = ("musicgen_frozen", "lora", "fusion", "fusion_alias_of_lm_layer")
+_DEAD_RX = re.compile(r"(self_attn\.[qkv]_proj\.weight|cross_attention\.in_proj_weight)$")
+
+
+def key_roles(sd: Mapping[str, np.ndarray]) -> dict[str, tuple[str, bool]]:
+    """{key: (role, used)} for every key of an official state dict (any layout; keys as given): role is one of
+    KEY_ROLES (the frozen MusicGen, the text-fusion LoRA, the audio fusion's own parameters, the fusion's
+    aliases of the LM's layers); used is False for the dead weights (`self_attn.q/k/v_proj.weight`,
+    `cross_attention.in_proj_weight`) that no computation reads. ImgenError for a key of none of them."""
+    normalised, _ = _normalise({k: k for k in sd})
+    roles, unknown = {}, []
+    for rel, original in normalised.items():
+        if rel.startswith(CP):
+            k = rel[len(CP):]
+            role = "fusion_alias_of_lm_layer" if k.startswith("layers.") else "fusion"
+        elif rel.startswith(LM):
+            k = rel[len(LM):].replace(PEFT_TRANSFORMER, "transformer.", 1)
+            role = "lora" if _LORA_RX.match(k) else "musicgen_frozen"
+        else:
+            unknown.append(original)
+            continue
+        roles[original] = (role, not _DEAD_RX.search(rel))
+    if unknown:
+        raise ImgenError(f"unexpected keys (not Instruct-MusicGen): {', '.join(sorted(unknown)[:8])}")
+    return roles
+
+
+def recorded_lora_alpha(meta: object) -> float | None:
+    """The LoRA alpha a checkpoint records, if any: a `lora_alpha` entry anywhere in its non-tensor objects
+    (hyper-parameters, including the arguments of pickled partials, which load as inert placeholders)."""
+    seen: set[int] = set()
+
+    def walk(x, depth=0):
+        if depth > 12 or id(x) in seen:
+            return None
+        seen.add(id(x))
+        if isinstance(x, Mapping):
+            for k, v in x.items():
+                if isinstance(k, str) and k.rsplit(".", 1)[-1] == "lora_alpha" and isinstance(v, (int, float)):
+                    return float(v)
+                found = walk(v, depth + 1)
+                if found is not None:
+                    return found
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                found = walk(v, depth + 1)
+                if found is not None:
+                    return found
+        elif hasattr(x, "__dict__") and type(x).__module__.startswith("imgen_inert"):
+            return walk(vars(x), depth + 1)
+        return None
+
+    return walk(meta)
 
 
 def instruct_from_state_dict(
@@ -231,6 +308,10 @@ def instruct_from_state_dict(
     assumed, as the official model). num_heads: heads of the checkpoint's LM (default dim // 64, as
     every released MusicGen). lora_alpha: default 64 (official).
     """
+    sd = dict(sd)
+    for k in ("lora_alpha", "model.lora_alpha", "state_dict.lora_alpha", "hyper_parameters.lora_alpha"):
+        if k in sd:  # recorded by our export (the official files record none)
+            lora_alpha = float(np.asarray(sd.pop(k)).reshape(()))
     sd, layout = _normalise(sd)
     notes: list[str] = []
     unexpected = sorted(k for k in sd if not k.startswith((CP, LM)))
@@ -383,8 +464,13 @@ def read_instruct_checkpoint(
 ) -> InstructCheckpoint:
     """Read an official checkpoint file (Lightning .ckpt, Instructor state dict or save_weights file)."""
     path = os.fspath(path)
-    tensors, _ = load_checkpoint_tensors(path)
-    return instruct_from_state_dict(tensors, path, lm_cfg=lm_cfg, num_heads=num_heads, lora_alpha=lora_alpha)
+    tensors, meta = load_checkpoint_tensors(path)
+    recorded = recorded_lora_alpha(meta)
+    alpha = lora_alpha if recorded is None else recorded
+    ck = instruct_from_state_dict(tensors, path, lm_cfg=lm_cfg, num_heads=num_heads, lora_alpha=alpha)
+    if recorded is not None and lora_alpha is not None and float(lora_alpha) != recorded:
+        ck.notes.append(f"the checkpoint records lora_alpha {recorded:g}: used instead of the given {float(lora_alpha):g}")
+    return ck
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -413,7 +499,11 @@ def export_official_adapters(
     import torch
 
     tensors = {k: torch.from_numpy(v) for k, v in adapters_to_official(fusion, flat, layout).items()}
-    obj = tensors if layout == "save_weights" else {"state_dict": tensors}
+    # lora_alpha is recorded (the official files do not: their alpha is 64); the official loaders ignore it
+    if layout == "save_weights":
+        obj = dict(tensors, lora_alpha=torch.tensor(float(fusion.lora_alpha)))
+    else:
+        obj = {"state_dict": tensors, "hyper_parameters": {"lora_alpha": float(fusion.lora_alpha)}}
     from imgen_jax.files import atomic_file
 
     path = os.path.abspath(os.fspath(path))
@@ -490,6 +580,6 @@ def add_adapters(model_dir: str | os.PathLike, ckpt_path: str | os.PathLike, *, 
 
 
 __all__ = [
-    "InstructCheckpoint", "load_checkpoint_tensors", "instruct_from_state_dict", "check_shared_layers",
+    "InstructCheckpoint", "load_checkpoint_tensors", "key_roles", "recorded_lora_alpha", "instruct_from_state_dict", "check_shared_layers",
     "read_instruct_checkpoint", "adapters_to_official", "export_official_adapters", "convert_instruct", "add_adapters",
 ]

@@ -164,6 +164,15 @@ def audio_prefixes(lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.A
     start_layer hold zeros (zero gate). Runs the LM's own layers start_layer.. (a slice of its
     stacked weights inside the traced function, no copy in the model).
     """
+    return audio_fusion_pass(lm, adapters, cond_codes)[0]
+
+
+def audio_fusion_pass(
+    lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.Array, trace: bool = False
+) -> tuple[AudioPrefix, dict[str, jax.Array] | None]:
+    """`audio_prefixes`, and with `trace` the pass's intermediates (the official CPTransformer's tensors):
+    {"sum_code": c [B,Tc,dim], "cond": c @ merge_linear[j] + pos_emb[j+1] [A,B,Tc,dim], "o_out": the fusion
+    stream after adapter layer j [A,B,Tc,dim]}."""
     cfg, lcfg = adapters.cfg, lm.cfg
     cfg.check_lm(lcfg)
     B, K, Tc = cond_codes.shape
@@ -186,20 +195,21 @@ def audio_prefixes(lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.A
     def body(o, xs):
         st, w, pe = xs
         layer = nnx.merge(g, st)
-        h = layer.norm1(o) + (jnp.dot(c, w.astype(dtype)) + pe[None])
+        cond = jnp.dot(c, w.astype(dtype)) + pe[None]
+        h = layer.norm1(o) + cond
         q, k, v = layer.self_attn.qkv(h)
         y = attention(q, k, v, causal)
         o = o + layer.self_attn.out_proj(y.reshape(B, Tc, -1))
         o = o + layer.mlp(layer.norm2(o))
-        return o, (q, k, v)
+        return o, ((q, k, v), {"cond": cond, "o_out": o} if trace else None)
 
-    _, (q, k, v) = jax.lax.scan(body, o, (s_adapted, merge, pos[1:]))
+    _, ((q, k, v), per_layer) = jax.lax.scan(body, o, (s_adapted, merge, pos[1:]))
     gate = adapters.gates[...]
     if start:
         pad = [(start, 0)] + [(0, 0)] * 4
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
         gate = jnp.pad(gate, (start, 0))
-    return AudioPrefix(q=q, k=k, v=v, gate=gate)
+    return AudioPrefix(q=q, k=k, v=v, gate=gate), (dict(per_layer, sum_code=c) if trace else None)
 
 
 # ---- LoRA merged into the LM (inference convenience) ---------------------------------------------
@@ -227,11 +237,17 @@ def merge_lora(lm: MusicGenLM, adapters: InstructAdapters) -> MusicGenLM:
 def save_adapters(model_dir: str | os.PathLike, cfg: FusionConfig, flat: dict[str, np.ndarray]) -> None:
     """Add (or replace) the `adapters` component of an existing converted directory.
 
-    Writes `adapters.safetensors` and the `adapters` entry of config.json, each atomically (weights
-    first, so an interrupted write never leaves config.json pointing at a missing file). The
+    The directory is replaced as one unit (imgen_jax.files.atomic_update_dir): a temporary sibling
+    gets hard links to every other file of `model_dir` plus the new `adapters.safetensors` and the
+    new config.json, everything is fsynced, and the sibling then takes the name `model_dir` (the
+    real path, when `model_dir` is a symlink). Guarantee, on Linux: at every instant, even when the
+    process is killed, `model_dir` holds either the whole old directory (old config.json with the
+    old adapters or none) or the whole new one, never new weights beside an old config.json; a
+    kill may leave a `.tmp-<name>-*` sibling to delete. Elsewhere the swap takes two renames and a
+    kill between them leaves the old directory in `.old-<name>-*/dir` (imgen_jax.files). The
     adapters must fit the directory's LM when it has one.
     """
-    from imgen_jax.files import atomic_file
+    from imgen_jax.files import atomic_update_dir
     from imgen_jax.modeldir import CONFIG_NAME, read_model_config
     from imgen_jax.weights import check_names_and_shapes, module_shapes, save_safetensors
 
@@ -240,10 +256,10 @@ def save_adapters(model_dir: str | os.PathLike, cfg: FusionConfig, flat: dict[st
     if "lm" in meta:
         cfg.check_lm(LMConfig.from_dict(meta["lm"], f"{model_dir}/{CONFIG_NAME} [lm]"), model_dir)
     check_names_and_shapes(module_shapes(abstract_adapters(cfg)), flat, f"{model_dir} [adapters]")
-    save_safetensors(os.path.join(model_dir, f"{COMPONENT}.safetensors"), flat)
     meta[COMPONENT] = cfg.to_dict()
-    with atomic_file(os.path.join(model_dir, CONFIG_NAME), ".json") as tmp:
-        with open(tmp, "w") as f:
+    with atomic_update_dir(os.path.realpath(model_dir), (f"{COMPONENT}.safetensors", CONFIG_NAME)) as tmp:
+        save_safetensors(os.path.join(tmp, f"{COMPONENT}.safetensors"), flat)
+        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
 
 
@@ -276,5 +292,5 @@ def load_adapters(model_dir: str | os.PathLike, lm_cfg: LMConfig | None = None) 
 
 __all__ = [
     "FusionConfig", "InstructAdapters", "init_adapters", "abstract_adapters", "condition_embedding",
-    "audio_prefixes", "merge_lora", "save_adapters", "read_adapters", "load_adapters",
+    "audio_prefixes", "audio_fusion_pass", "merge_lora", "save_adapters", "read_adapters", "load_adapters",
 ]

@@ -219,7 +219,12 @@ class DecoderLayer(nnx.Module):
     def mlp(self, x: jax.Array) -> jax.Array:
         return self.linear2(jax.nn.gelu(self.linear1(x), approximate=False))
 
-    def __call__(
+    def __call__(self, *args, **kw) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One layer: `blocks` without the block outputs. Returns (x, (k, v) of this chunk [B,S,H,D])."""
+        x, kv, _ = self.blocks(*args, **kw)
+        return x, kv
+
+    def blocks(
         self,
         x: jax.Array,
         self_kv: tuple[jax.Array, jax.Array] | None,
@@ -230,8 +235,8 @@ class DecoderLayer(nnx.Module):
         prefix_pos: jax.Array | None = None,
         lora: CrossLoRA | None = None,
         kv_heads_major: bool = False,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """One layer.
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+        """One layer, also returning its block outputs.
 
         x [B,S,dim]. self_kv: None (attend within x, `self_bias` [S,S] causal) or (k, v) [B,Smax,H,D]
         ([B,H,Smax,D] when kv_heads_major) caches already holding this chunk's keys (then `self_bias`
@@ -239,7 +244,8 @@ class DecoderLayer(nnx.Module):
         values [B,L,H,D]; cross_bias [B,1,1,L] or None. prefix / prefix_pos [S]: the audio-fusion
         prefix and the condition position each query reads its q offset from (None: query i reads i). lora: this layer's slice
         of the cross-attention LoRA (its q part is applied here; its v part is in `cross_kv`).
-        Returns (x, (k, v) of this chunk [B,S,H,D]).
+        Returns (x, (k, v) of this chunk [B,S,H,D], {"self_attn_out", "cross_attn_out"}: each block's output
+        [B,S,dim] after its out_proj, before the residual add).
         """
         h = self.norm1(x)
         q, k, v = self.self_attn.qkv(h)
@@ -252,17 +258,19 @@ class DecoderLayer(nnx.Module):
             qp = prefix.q[:, : x.shape[1]] if prefix_pos is None else jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
             y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None, heads_major=kv_heads_major)
         B, S = x.shape[:2]
-        x = x + self.self_attn.out_proj(y.reshape(B, S, -1))
+        sa_out = self.self_attn.out_proj(y.reshape(B, S, -1))
+        x = x + sa_out
 
         h = self.norm_cross(x)
         cq = self.cross_attn.q_proj(h)
         if lora is not None:
             cq = cq + lora_delta(h.astype(cq.dtype), lora.q_a, lora.q_b, lora.scale)
         y = attention(cq.reshape(B, S, self.cross_attn.num_heads, -1), cross_kv[0], cross_kv[1], cross_bias)
-        x = x + self.cross_attn.out_proj(y.reshape(B, S, -1))
+        ca_out = self.cross_attn.out_proj(y.reshape(B, S, -1))
+        x = x + ca_out
 
         x = x + self.mlp(self.norm2(x))
-        return x, (k, v)
+        return x, (k, v), {"self_attn_out": sa_out, "cross_attn_out": ca_out}
 
 
 class KVCache(NamedTuple):
@@ -365,7 +373,8 @@ class MusicGenLM(nnx.Module):
         prefixes: AudioPrefix | None = None,
         prefix_pos: jax.Array | None = None,
         lora: CrossLoRA | None = None,
-    ) -> jax.Array:
+        trace: bool = False,
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Teacher-forced final hidden states [B,S,dim] (before out_norm) of a pattern sequence [B,K,S].
 
         memory: [B,L,dim] from `text_memory`; text_mask [B,L] masks padded text keys (Hugging Face
@@ -373,9 +382,12 @@ class MusicGenLM(nnx.Module):
         prefixes: optional per-layer AudioPrefix stacked over layers (leading layer axis), with
         prefix_pos [S] the condition position each step reads its prefix query from (None: step i reads i).
         lora: optional cross-attention LoRA stacked over layers (imgen_jax.fusion's text fusion).
+        trace: also return the intermediates {"input": the embedded input [B,S,dim], "self_attn_out",
+        "cross_attn_out", "layer_out": per layer [layers,B,S,dim]} (DecoderLayer.blocks), for inspection.
         """
         S = seq.shape[-1]
         x = self.embed(seq)
+        x0 = x
         causal = jnp.where(jnp.tril(jnp.ones((S, S), bool)), 0.0, NEG_INF).astype(jnp.float32)
         cross_bias = text_key_bias(text_mask)
         g, s = nnx.split(self.layers)
@@ -383,11 +395,12 @@ class MusicGenLM(nnx.Module):
         def body(x, xs):
             st, pre, lo = xs
             layer = nnx.merge(g, st)
-            x, _ = layer(x, None, causal, layer.cross_attn.memory_kv(memory, lo), cross_bias, pre, prefix_pos, lo)
-            return x, None
+            x, _, outs = layer.blocks(x, None, causal, layer.cross_attn.memory_kv(memory, lo), cross_bias, pre,
+                                      prefix_pos, lo)
+            return x, (dict(outs, layer_out=x) if trace else None)
 
-        x, _ = jax.lax.scan(body, x, (s, prefixes, lora))
-        return x
+        x, per_layer = jax.lax.scan(body, x, (s, prefixes, lora))
+        return (x, dict(per_layer, input=x0)) if trace else x
 
     def __call__(self, seq: jax.Array, memory: jax.Array, text_mask: jax.Array | None = None, **kw) -> jax.Array:
         """Teacher-forced logits [B,K,S,card] (float32) of a pattern sequence [B,K,S]."""

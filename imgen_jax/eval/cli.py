@@ -37,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--clap", default=None, help="CLAP plug-in module:factory[=ARG] for the CLAP score")
     v.add_argument("--classifier", default=None, help="audio classifier plug-in module:factory[=ARG] for KL")
     v.add_argument("--guidance", type=float, default=3.0)
-    v.add_argument("--top-k", type=int, default=250)
+    v.add_argument("--top-k", type=int, default=100, help="top-k sampling of the edits (official: 100)")
     v.add_argument("--window-frames", type=int, default=500)
     v.add_argument("--stride-frames", type=int, default=250)
     v.add_argument("--no-progress", action="store_true", help="no progress bars")

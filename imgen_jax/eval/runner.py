@@ -75,7 +75,7 @@ class EvalOptions:
     clap: str | None = None
     classifier: str | None = None
     guidance: float = 3.0
-    top_k: int = 250
+    top_k: int = 100  # the official Instructor's top_k
     window_frames: int = 500
     stride_frames: int = 250
 

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora_alpha = 64.0
     c.model.pos_emb_frames = 501    # condition frames the positional table covers (official: 500 + the special frame)
     c.model.mask_text_padding = True  # key-mask padded text tokens (see step.py: fixed-length padding needs it)
+    c.model.text_dropout = 0.3      # P(a micro-batch trains on the null text): the official CFG dropout (LM in train mode)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "triplets"      # "triplets": imgen_jax.data.make_triplet_loader over data.dir; "synthetic": tests
@@ -46,15 +47,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 5000
-    c.train.batch_size = 8          # global batch (over all hosts and devices)
+    c.train.steps = 5000            # optimizer updates
+    c.train.batch_size = 32         # global batch per update (over all hosts, devices and micro-batches)
+    c.train.grad_accum = 4          # micro-batches per update (official: batch 8 x accumulate_grad_batches 4 = 32)
     c.train.lr = 1e-4               # AdamW peak learning rate
     c.train.weight_decay = 0.05
     c.train.b1 = 0.9
     c.train.b2 = 0.999
     c.train.eps = 1e-8
-    c.train.warmup_steps = 100      # linear warmup (the official DEFAULT_WARMUP_STEPS), then cosine decay to 0
-    c.train.grad_clip_norm = 0.0    # 0 = no clipping
+    c.train.warmup_steps = 100      # linear warmup from 0 (the official DEFAULT_WARMUP_STEPS), then half a cosine
+    c.train.schedule_steps = 10000  # where the cosine reaches 0 (official num_training_steps 10000); 0 = train.steps
+    c.train.grad_clip_norm = 2.0    # global-norm clipping (official gradient_clip_val); 0 = no clipping
     c.train.log_every = 10          # metrics to stdout / jsonl / TensorBoard every N steps
 
     c.eval = ml_collections.ConfigDict()
@@ -108,6 +111,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.data.text_max_length >= 2, "data.text_max_length", "must be >= 2")
     need(c.train.steps >= 1, "train.steps", "must be >= 1")
     need(c.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(c.train.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+    need(c.train.batch_size % c.train.grad_accum == 0, "train.batch_size",
+         f"{c.train.batch_size} is not divisible by train.grad_accum ({c.train.grad_accum})")
+    need(c.train.schedule_steps >= 0, "train.schedule_steps", "must be >= 0 (0 = train.steps)")
+    need(0.0 <= c.model.text_dropout < 1.0, "model.text_dropout", "must be in [0, 1)")
     need(c.train.lr > 0, "train.lr", "must be > 0")
     need(c.train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(0 <= c.train.warmup_steps, "train.warmup_steps", "must be >= 0")

@@ -28,7 +28,8 @@ from imgen_jax.train import config as cfglib
 from imgen_jax.train import mesh as meshlib
 from imgen_jax.train.data import encode_batch, make_loader, num_samples
 from imgen_jax.train.step import (
-    fusion_config, init_params, load_base, make_optimizer, make_steps, opt_state_shardings, tokens_per_step,
+    fusion_config, init_params, load_base, make_optimizer, make_steps, opt_state_shardings, step_options,
+    tokens_per_step,
 )
 
 
@@ -98,6 +99,10 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
         if size % div or size % nproc:
             raise ImgenError(f"config.{what}: {size} is not divisible by the batch axes (data x fsdp = {div}) "
                              f"and the {nproc} processes")
+    micro = B // int(config.train.grad_accum)
+    if micro % div:
+        raise ImgenError(f"config.train.batch_size: micro-batches of {micro} (batch_size / grad_accum) are not "
+                         f"divisible by the batch axes (data x fsdp = {div})")
 
     base_dir = os.path.abspath(config.model.base_dir)
     base = load_base(base_dir, config.model.frozen_dtype)
@@ -119,7 +124,7 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
     params = jax.device_put(params, param_sh)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
     base.frozen = jax.device_put(base.frozen, frozen_sh)
-    steps = make_steps(base, ad_def, optimizer, schedule, bool(config.model.mask_text_padding), shardings)
+    steps = make_steps(base, ad_def, optimizer, schedule, step_options(config), shardings)
 
     train_it = make_loader(config, config.data.train_split, B // nproc, int(config.seed), pid, nproc)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep))

@@ -7,7 +7,8 @@ One step, all inside one XLA program on the mesh:
     hidden       = T5(text_ids [B, L], text_mask [B, L])            [B, L, text_dim] (frozen)
     memory       = lm.text_memory(hidden, text_mask)                [B, L, dim]
     loss, grads  = value_and_grad(instruct_loss w.r.t. the adapters only)(adapters, lm, ...)
-    adapters, opt_state = AdamW(grads)
+                   (averaged over `grad_accum` micro-batches, each run in turn inside the step)
+    adapters, opt_state = AdamW(clip(grads)) with the official cosine-with-warmup learning rate
 
 Only the adapters' parameters (`InstructAdapters`: fusion + LoRA) are differentiated and held by the
 optimizer; the base LM, EnCodec and T5 are arguments of the step that no gradient flows to.
@@ -95,14 +96,29 @@ def init_params(fcfg: FusionConfig, seed: int) -> tuple[Any, Pure]:
     return ad_def, nnx.to_pure_dict(ad_state)
 
 
+def cosine_with_warmup(peak: float, warmup_steps: int, total_steps: int) -> Callable:
+    """The official schedule, transformers' `get_cosine_schedule_with_warmup(warmup, total)` (half a cosine):
+    lr(s) = peak * s / warmup for s < warmup, then peak * max(0, (1 + cos(pi * (s - warmup) / (total - warmup))) / 2).
+    `s` counts optimizer updates from 0, so the first update has lr 0 when warmup > 0 (as the official trainer)."""
+    warmup, total = int(warmup_steps), max(int(total_steps), int(warmup_steps) + 1)
+
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        ramp = s / max(warmup, 1)
+        progress = (s - warmup) / (total - warmup)
+        decay = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+        return peak * jnp.where(s < warmup, ramp, decay)
+
+    return schedule
+
+
 def make_optimizer(train: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW (lr, b1, b2, eps, weight decay on every adapter parameter, as torch.optim.AdamW) with linear
-    warmup from 0 over warmup_steps then cosine decay to 0 at train.steps; optional global-norm clipping."""
-    warmup = min(int(train.warmup_steps), int(train.steps))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=float(train.lr), warmup_steps=warmup, decay_steps=max(int(train.steps), warmup + 1),
-        end_value=0.0,
-    )
+    """The official optimiser: global-norm clipping (`grad_clip_norm`, Lightning's gradient_clip_val; 0 = off),
+    then AdamW (lr, b1, b2, eps, decoupled weight decay on every adapter parameter: the same update as
+    torch.optim.AdamW) with the learning rate of `cosine_with_warmup(lr, warmup_steps, schedule_steps)`
+    (schedule_steps 0 = train.steps), stepped once per optimizer update."""
+    total = int(train.schedule_steps) or int(train.steps)
+    schedule = cosine_with_warmup(float(train.lr), int(train.warmup_steps), total)
     adamw = optax.adamw(schedule, b1=float(train.b1), b2=float(train.b2), eps=float(train.eps),
                         weight_decay=float(train.weight_decay))
     if train.grad_clip_norm > 0:
@@ -126,6 +142,29 @@ def apply_update(optimizer: optax.GradientTransformation, params: Pure, opt_stat
     return optax.apply_updates(params, updates), opt_state
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What the train step does besides the loss (from the config: `step_options(config)`).
+
+    mask_text_padding: key-mask the padded text tokens (module docstring). grad_accum: micro-batches per
+    optimizer update (the official accumulate_grad_batches; the global batch is split into this many, each
+    encoded and differentiated in turn inside the step, and their gradients averaged: the same gradient as
+    the whole batch at once, since every clip has the same number of valid positions). text_dropout: the
+    probability that a micro-batch trains with the null text (every description None: all-zero memory), the
+    official classifier-free-guidance dropout of the LM in train mode. seed: of the dropout draws
+    (fold_in(seed, update, micro-batch))."""
+
+    mask_text_padding: bool = True
+    grad_accum: int = 1
+    text_dropout: float = 0.0
+    seed: int = 0
+
+
+def step_options(config: ml_collections.ConfigDict) -> StepOptions:
+    return StepOptions(bool(config.model.mask_text_padding), int(config.train.grad_accum),
+                       float(config.model.text_dropout), int(config.seed))
+
+
 @dataclasses.dataclass
 class Steps:
     """The compiled steps: `train(params, opt_state, frozen, batch, step) -> (params, opt_state, metrics)`
@@ -133,14 +172,30 @@ class Steps:
 
     train: Callable
     eval: Callable
-    encode: Callable  # (frozen, batch) -> (cond_codes, target_codes, memory, key_mask) (un-jitted)
+    encode: Callable  # (frozen, batch) -> (lm, cond_codes, target_codes, memory, key_mask) (un-jitted)
+
+
+def micro_batches(batch: dict, n: int) -> dict:
+    """Split every [B, ...] array of `batch` into [n, B / n, ...] micro-batches, micro-batch i holding rows
+    i, i + n, i + 2n, ...: with the batch sharded in contiguous blocks over the devices, each micro-batch stays
+    spread over all of them."""
+
+    def split(x):
+        B = x.shape[0]
+        return x.reshape((B // n, n) + x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
 
 
 def make_steps(base: BaseModels, ad_def: Any, optimizer: optax.GradientTransformation, schedule: Callable,
-               mask_text_padding: bool = True, shardings: dict | None = None) -> Steps:
+               options: StepOptions = StepOptions(), shardings: dict | None = None) -> Steps:
     """The train / eval steps, jitted with explicit in/out shardings when `shardings` is given:
     {"params", "opt_state", "frozen", "batch", "replicated"} (each a sharding or tree of shardings)."""
     from imgen_jax.xla import jit
+
+    n_micro = int(options.grad_accum)
+    if n_micro < 1:
+        raise ImgenError(f"config.train.grad_accum: {n_micro} must be >= 1")
 
     def encode(frozen: dict, batch: dict):
         lm = nnx.merge(base.lm_def, frozen["lm"])
@@ -150,12 +205,29 @@ def make_steps(base: BaseModels, ad_def: Any, optimizer: optax.GradientTransform
         target = encodec.encode(batch["target"][:, None, :])
         hidden = t5(batch["text_ids"], batch["text_mask"])
         memory = lm.text_memory(hidden, batch["text_mask"])
-        key_mask = batch["text_mask"] if mask_text_padding else None
+        key_mask = batch["text_mask"] if options.mask_text_padding else None
         return lm, cond, target, memory, key_mask
 
-    def train_step(params, opt_state, frozen, batch, step):
+    def micro_loss_and_grads(params, frozen, batch, key):
         lm, cond, target, memory, key_mask = encode(frozen, batch)
-        loss, grads = codes_loss_and_grads(lm, ad_def, params, target, cond, memory, key_mask)
+        if options.text_dropout > 0:  # the null condition: zero memory (its cross-attention outputs exactly 0)
+            drop = jax.random.bernoulli(key, options.text_dropout)
+            memory = jnp.where(drop, jnp.zeros_like(memory), memory)
+        return codes_loss_and_grads(lm, ad_def, params, target, cond, memory, key_mask)
+
+    def train_step(params, opt_state, frozen, batch, step):
+        key = jax.random.fold_in(jax.random.PRNGKey(options.seed), step)
+        if n_micro == 1:
+            loss, grads = micro_loss_and_grads(params, frozen, batch, jax.random.fold_in(key, 0))
+        else:
+            def body(acc, xs):
+                i, micro = xs
+                loss, grads = micro_loss_and_grads(params, frozen, micro, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, acc, (loss, grads)), None
+
+            zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(n_micro), micro_batches(batch, n_micro)))
+            loss, grads = jax.tree.map(lambda x: x / n_micro, (loss, grads))
         params, opt_state = apply_update(optimizer, params, opt_state, grads)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
         return params, opt_state, metrics
@@ -187,6 +259,6 @@ def tokens_per_step(batch_size: int, num_codebooks: int, frames: int) -> int:
 
 
 __all__ = [
-    "BaseModels", "load_base", "fusion_config", "init_params", "make_optimizer", "codes_loss_and_grads",
-    "apply_update", "Steps", "make_steps", "opt_state_shardings", "tokens_per_step",
+    "BaseModels", "load_base", "fusion_config", "init_params", "cosine_with_warmup", "make_optimizer",
+    "codes_loss_and_grads", "apply_update", "StepOptions", "step_options", "Steps", "micro_batches", "make_steps", "opt_state_shardings", "tokens_per_step",
 ]
