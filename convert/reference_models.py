@@ -132,9 +132,13 @@ def t5_base_config():
 
 def musicgen_model(
     dim: int = 32, layers: int = 2, heads: int = 4, card: int = 16, codebooks: int = 4, audio_channels: int = 1,
-    text_config=None, audio_config=None, seed: int = 0,
+    text_config=None, audio_config=None, seed: int = 0, fitted_codec: bool = False,
 ):
-    """A MusicgenForConditionalGeneration with random weights (tiny by default)."""
+    """A MusicgenForConditionalGeneration with random weights (tiny by default).
+
+    Stereo (musicgen-stereo layout): codebooks=8, audio_channels=2 over the mono EnCodec.
+    fitted_codec: the audio encoder's weights come from `encodec_model` (codebooks fitted to its
+    residuals), so decoded audio depends on the codes; otherwise its codebooks stay zero (init)."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
 
     decoder = MusicgenDecoderConfig(
@@ -148,8 +152,10 @@ def musicgen_model(
         decoder=decoder.to_dict(),
     )
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(config)
-    return randomize_(model, seed)
+    model = randomize_(MusicgenForConditionalGeneration(config), seed)
+    if fitted_codec:
+        model.audio_encoder.load_state_dict(encodec_model(model.config.audio_encoder, seed=seed).state_dict())
+    return model
 
 
 def musicgen_small_model(seed: int = 0):

@@ -8,6 +8,10 @@
     hidden, mask = mg.encode_text(["lofi beat", "jazz"]) # [B, L, 768] float32, [B, L] int32
     logits, valid = mg.lm_logits(codes, hidden, mask)    # [B, 4, T, 2048] float32, [B, 4, T] bool
 
+Stereo models (musicgen-stereo-*: an LM with 8 codebooks and audio_channels 2 over the mono EnCodec)
+read and write [B, 2, N] audio, as transformers does: each channel is encoded alone by the mono
+EnCodec and the codebooks are interleaved, codes[:, 2k + c] = level k of channel c (0 left, 1 right).
+
 Every method runs one jit-compiled XLA program (compiled once per input shape). Components
 that the directory lacks (e.g. an audiocraft conversion without EnCodec or T5) are None and
 the methods that need them raise ImgenError naming what is missing.
@@ -38,6 +42,22 @@ class MusicGen:
         self._encode = jit_method(encodec, type(encodec).encode) if encodec is not None else None
         self._decode = jit_method(encodec, type(encodec).decode) if encodec is not None else None
         self._text = jit_method(t5, lambda m, ids, mask: m(ids, mask)) if t5 is not None else None
+        self._per_channel = False  # True: a multi-channel LM over a mono EnCodec, one EnCodec pass per channel
+        if encodec is not None:
+            K, C = lm.cfg.num_codebooks, lm.cfg.audio_channels
+            Ke, Ce = encodec.cfg.num_codebooks, encodec.cfg.audio_channels
+            self._per_channel = Ce == 1 and C > 1 and K == C * Ke
+            if not self._per_channel and (K, C) != (Ke, Ce):
+                raise ImgenError(
+                    f"{model_dir or 'model'}: the LM ({K} codebooks, {C} audio channels) does not fit the EnCodec "
+                    f"({Ke} codebooks, {Ce} audio channels); expected equal, or a mono EnCodec with {Ke} x channels "
+                    "LM codebooks"
+                )
+
+    @property
+    def audio_channels(self) -> int:
+        """Channels of the audio the model reads and writes (the LM's: 2 for musicgen-stereo, else 1)."""
+        return self.lm.cfg.audio_channels
 
     @property
     def sample_rate(self) -> int:
@@ -53,21 +73,40 @@ class MusicGen:
         return component
 
     def encode_audio(self, wav) -> jax.Array:
-        """wav [B, C, N] float at `sample_rate` (C = audio channels, 1 for mono) -> codes [B, K, T] int32."""
-        self._need("encodec", self.encodec)
+        """wav [B, C, N] float at `sample_rate` (C = `audio_channels`) -> codes [B, K, T] int32 (K = the LM's).
+
+        Stereo models over a mono EnCodec encode each channel alone and interleave the codebooks
+        (codes[:, 2k + c] = level k of channel c); a mono wav [B, 1, N] given to such a model is
+        encoded once and its codes used for both channels (transformers' `repeat_interleave`)."""
+        enc = self._need("encodec", self.encodec)
         wav = jnp.asarray(wav, jnp.float32)
-        if wav.ndim != 3 or wav.shape[1] != self.encodec.cfg.audio_channels:
-            raise ImgenError(
-                f"encode_audio: expected audio [batch, {self.encodec.cfg.audio_channels}, samples], got shape {tuple(wav.shape)}"
-            )
-        return self._encode(wav)
+        C = self.audio_channels
+        if wav.ndim != 3 or wav.shape[1] not in ((1, C) if self._per_channel else (C,)):
+            raise ImgenError(f"encode_audio: expected audio [batch, {C}, samples], got shape {tuple(wav.shape)}")
+        if not self._per_channel:
+            return self._encode(wav)
+        B, Cw, N = wav.shape
+        codes = self._encode(wav.reshape(B * Cw, 1, N))  # [B * Cw, Ke, T]
+        Ke, T = enc.cfg.num_codebooks, codes.shape[-1]
+        codes = jnp.broadcast_to(codes.reshape(B, Cw, Ke, T), (B, C, Ke, T))
+        return codes.transpose(0, 2, 1, 3).reshape(B, Ke * C, T)
 
     def decode_codes(self, codes) -> jax.Array:
-        """codes [B, K, T] int -> wav [B, C, N] float32."""
-        self._need("encodec", self.encodec)
+        """codes [B, K, T] int (K = the LM's codebooks) -> wav [B, C, N] float32 (C = `audio_channels`).
+
+        Stereo models over a mono EnCodec decode codebooks 0, 2, 4, .. as the left channel and
+        1, 3, 5, .. as the right (transformers' `[:, ::2]` / `[:, 1::2]`)."""
+        enc = self._need("encodec", self.encodec)
         codes = jnp.asarray(codes, jnp.int32)
-        self._check_codes(codes, self.encodec.cfg.num_codebooks, self.encodec.cfg.codebook_size)
-        return self._decode(codes)
+        if not self._per_channel:
+            self._check_codes(codes, enc.cfg.num_codebooks, enc.cfg.codebook_size)
+            return self._decode(codes)
+        C, Ke = self.audio_channels, enc.cfg.num_codebooks
+        self._check_codes(codes, C * Ke, enc.cfg.codebook_size)
+        B, _, T = codes.shape
+        per_channel = codes.reshape(B, Ke, C, T).transpose(0, 2, 1, 3).reshape(B * C, Ke, T)
+        wav = self._decode(per_channel)  # [B * C, 1, N]
+        return wav.reshape(B, C, wav.shape[-1])
 
     def encode_text(self, texts: Sequence[str] | str, max_length: int | None = None) -> tuple[jax.Array, jax.Array]:
         """texts -> (T5 last hidden state [B, L, text_dim] float32, padding mask [B, L] int32)."""

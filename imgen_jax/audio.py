@@ -34,7 +34,10 @@ def read_audio(path: str | os.PathLike, sample_rate: int, channels: int = 1) -> 
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise ImgenError(f"{path}: {bad} samples are NaN or infinite")
-    return conform_audio(data.T, sr, sample_rate, channels)
+    try:
+        return conform_audio(data.T, sr, sample_rate, channels)
+    except ImgenError as e:
+        raise ImgenError(f"{path}: {e}") from None
 
 
 def conform_audio(wav: np.ndarray, sr: int, sample_rate: int, channels: int = 1) -> np.ndarray:

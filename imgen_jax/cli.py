@@ -131,7 +131,7 @@ def _generate(args: argparse.Namespace) -> int:
     for wav, out in zip(audio, outs):
         print(write_wav(out, wav, mg.sample_rate))
     if spec is not None:
-        print(save_spectrograms(spec, [w[0] for w in audio], [p[:40] for p in prompts], mg.sample_rate))
+        print(save_spectrograms(spec, [w.mean(0) for w in audio], [p[:40] for p in prompts], mg.sample_rate))
     return 0
 
 
@@ -147,7 +147,7 @@ def _edit(args: argparse.Namespace) -> int:
         normalise_instruction(t)
     outs = _out_paths(args.out, len(args.input))
     spec = None if args.spectrogram is None else _out_paths(args.spectrogram, 1)[0]
-    config = EditConfig(seed=args.seed, guidance_scale=args.guidance, top_k=args.top_k,
+    config = EditConfig(seed=args.seed, guidance_scale=args.guidance, top_k=args.top_k, windows=args.windows,
                         window_frames=args.window_frames, stride_frames=args.stride_frames)
     from imgen_jax.audio import read_audio, save_spectrograms, write_wav
     from imgen_jax.edit import Editor
@@ -155,7 +155,8 @@ def _edit(args: argparse.Namespace) -> int:
 
     meta = read_model_config(args.model)
     sr = int(meta.get("encodec", {}).get("sampling_rate", 32000))
-    wavs = [read_audio(p, sr) for p in args.input]  # every input checked before the model loads
+    channels = int(meta.get("lm", {}).get("audio_channels", 1))  # 2 for a stereo model: mono inputs are duplicated
+    wavs = [read_audio(p, sr, channels) for p in args.input]  # every input checked before the model loads
     editor = Editor.load(args.model)
     total = sum(editor.mg.encodec.cfg.num_frames(w.shape[-1]) for w in wavs)
     bar, update = _progress_bar(total, "editing", "frame")
@@ -165,7 +166,7 @@ def _edit(args: argparse.Namespace) -> int:
     for wav, out in zip(results, outs):
         print(write_wav(out, wav, sr))
     if spec is not None:
-        print(save_spectrograms(spec, [wavs[0][0], results[0][0]], ["before", f"after: {instructions[0]}"], sr))
+        print(save_spectrograms(spec, [wavs[0].mean(0), results[0].mean(0)], ["before", f"after: {instructions[0]}"], sr))
     return 0
 
 
@@ -282,9 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output wav (out_0.wav, ... for several inputs)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--guidance", type=float, default=3.0)
-    e.add_argument("--top-k", type=int, default=250)
-    e.add_argument("--window-frames", type=int, default=500, help="frames per decoding window (<= 500)")
-    e.add_argument("--stride-frames", type=int, default=250, help="frames between window starts")
+    e.add_argument("--top-k", type=int, default=100, help="top-k sampling (default 100, the official Instructor's)")
+    e.add_argument("--windows", choices=("gapless", "official"), default="gapless",
+                   help="how inputs longer than one window are cut. gapless (default): every frame is generated once; "
+                        "each window is conditioned on its own stretch of the input and continues the previous "
+                        "window's tail. official: the official code's loop (5 s windows every 16 s, each started "
+                        "afresh), which leaves the frames between a window's end and the next start ungenerated, so "
+                        "a long input comes back shorter, with those stretches cut out; for comparisons with the paper")
+    e.add_argument("--window-frames", type=int, default=None,
+                   help="frames per decoding window (default: gapless, the adapters' positional table, "
+                        "pos_emb_frames - 1 = 500 for the official checkpoint; official, 250)")
+    e.add_argument("--stride-frames", type=int, default=None,
+                   help="frames between window starts (default: gapless, half a window; official, 800)")
     e.add_argument("--spectrogram", help="before / after spectrogram PNG of the first input")
     e.set_defaults(func=_edit)
 

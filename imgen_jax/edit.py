@@ -69,59 +69,136 @@ def _accepted() -> str:
     )
 
 
+WINDOW_MODES = ("gapless", "official")
+OFFICIAL_TOP_K = 100            # the Instructor's top_k (MusicGen's own default, 250, is overridden)
+OFFICIAL_WINDOW_FRAMES = 250    # CondMusicgen: sec = 5 at 50 frames/s
+OFFICIAL_STRIDE_FRAMES = 800    # extend_stride = 16 s at 50 frames/s
+OFFICIAL_FRAME_RATE = 50.0      # CondMusicgen's literal frame rate (its window arithmetic is in seconds)
+OFFICIAL_MAX_OFFSET = 50 * 80   # the official loop stops once the offset exceeds 80 s
+
+
 @dataclasses.dataclass(frozen=True)
 class EditConfig:
-    """Decoding settings of an edit. window_frames <= the adapters' pos_emb_frames - 1 (500 for the
-    official checkpoint = 10 s); stride_frames: how far each next window starts (its first
-    window - stride frames are the previous window's output, used as audio prompt)."""
+    """Decoding settings of an edit.
+
+    top_k: 100, the official Instructor's setting. windows: "gapless" (default) or "official" (see
+    `gapless_window_plan` / `official_window_plan`). window_frames / stride_frames: None = what the model and
+    the mode give (`resolve_windows`): gapless windows as long as the adapters' positional table allows
+    (pos_emb_frames - 1; 500 = 10 s for the official checkpoint) every half window; official windows of 250
+    frames (5 s) every 800 frames (16 s).
+    """
 
     guidance_scale: float = 3.0
     use_sampling: bool = True
     temperature: float = 1.0
-    top_k: int = 250
+    top_k: int = OFFICIAL_TOP_K
     top_p: float | None = None
     seed: int = 0
-    window_frames: int = 500
-    stride_frames: int = 250
+    window_frames: int | None = None
+    stride_frames: int | None = None
+    windows: str = "gapless"
 
     def __post_init__(self):
-        if not 0 < self.stride_frames <= self.window_frames:
-            raise ImgenError(f"stride_frames must be in 1..window_frames ({self.window_frames}), got {self.stride_frames}")
+        if self.windows not in WINDOW_MODES:
+            raise ImgenError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {self.windows!r}")
+        if self.window_frames is not None and self.window_frames < 1:
+            raise ImgenError(f"window_frames must be >= 1, got {self.window_frames}")
+        if self.stride_frames is not None and self.stride_frames < 1:
+            raise ImgenError(f"stride_frames must be >= 1, got {self.stride_frames}")
+        if (self.windows == "gapless" and None not in (self.window_frames, self.stride_frames)
+                and self.stride_frames > self.window_frames):
+            raise ImgenError(f"stride_frames must be in 1..window_frames ({self.window_frames}) for gapless windows, "
+                             f"got {self.stride_frames}")
+
+    def resolve_windows(self, max_window: int) -> tuple[int, int]:
+        """(window, stride) in frames for adapters whose positional table covers `max_window` decoded frames
+        (pos_emb_frames - 1); ImgenError when an explicit window does not fit."""
+        if self.windows == "official":
+            window = self.window_frames or min(OFFICIAL_WINDOW_FRAMES, max_window)
+            stride = self.stride_frames or OFFICIAL_STRIDE_FRAMES
+        else:
+            window = self.window_frames or max_window
+            stride = self.stride_frames or max(window // 2, 1)
+            if stride > window:
+                raise ImgenError(f"stride_frames {stride} exceeds window_frames {window}: gapless windows must overlap "
+                                 "or touch")
+        if window > max_window:
+            raise ImgenError(f"window_frames {window} exceeds the adapters' {max_window} positions "
+                             f"(pos_emb_frames - 1); use --window-frames {max_window} or less")
+        return window, stride
 
 
-def window_plan(total: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """[(offset, frames, prompt_frames)] of each window of an edit of `total` frames (official loop)."""
+def gapless_window_plan(total: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """[(offset, frames, prompt_frames)] of the default plan: every frame of an edit of `total` frames is
+    generated exactly once. A window of n frames at `offset` is conditioned on condition frames offset..offset+n
+    and, from the second window on, continues the previous window's last (n_prev - stride) frames as its audio
+    prompt (stride <= window, so consecutive windows touch or overlap and leave no gap)."""
     plan, offset, prompt = [], 0, 0
     while offset + prompt < total:
         n = min(total - offset, window)
         if prompt >= n:
             break
         plan.append((offset, n, prompt))
-        prompt, offset = n - stride, offset + stride
-        prompt = max(prompt, 0)
+        prompt, offset = max(n - stride, 0), offset + stride
     return plan
+
+
+def official_window_plan(total: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """[(offset, frames, prompt_frames)] of the official `CondMusicgen.generate` loop over `total` condition frames.
+
+    Its arithmetic is in seconds at 50 frames/s, in floating point: window = window/50 s, stride int(50 * stride/50)
+    frames; a window at offset f generates int(min(total/50 - f/50, window/50) * 50) frames (so some lengths lose
+    a frame: total 29 gives 28), windows start at 0, stride, 2 stride, ... while offset + prompt < total, and the
+    loop stops once the offset exceeds 4000 frames. Each later window's prompt is the previous window's frames
+    from `stride` on: with stride > window (official: 800 > 250) it is empty, so every later window starts afresh
+    and frames window..stride-1 of every stride are never generated (the output is shorter, with gaps)."""
+    fr = OFFICIAL_FRAME_RATE
+    window_sec, stride_sec = window / fr, stride / fr
+    stride_tokens = int(fr * stride_sec)
+    total_sec = total / fr
+    plan, offset, prompt = [], 0, 0
+    while offset + prompt < total:
+        n = int(min(total_sec - offset / fr, window_sec) * fr)
+        if prompt >= n:
+            break
+        plan.append((offset, n, prompt))
+        prompt = max(n - stride_tokens, 0)
+        offset += stride_tokens
+        if offset > OFFICIAL_MAX_OFFSET:
+            break
+    return plan
+
+
+def window_plan(total: int, window: int, stride: int, mode: str = "gapless") -> list[tuple[int, int, int]]:
+    """The plan of `mode` ("gapless" or "official"): [(offset, frames, prompt_frames)] per window."""
+    if mode not in WINDOW_MODES:
+        raise ImgenError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {mode!r}")
+    return (official_window_plan if mode == "official" else gapless_window_plan)(total, window, stride)
 
 
 def edit_tokens(
     lm, adapters, cond_codes, memory, config: EditConfig = EditConfig(),
     progress: Callable[[int, int], None] | None = None,
 ) -> jax.Array:
-    """The windowed edit decode: cond_codes [B, K, T] + text memory [B, L, dim] -> codes [B, K, T].
+    """The windowed edit decode: cond_codes [B, K, T] + text memory [B, L, dim] -> codes [B, K, T'].
 
     lm: the MusicGen LM with the adapters' LoRA merged (`imgen_jax.fusion.merge_lora`); adapters: the
     audio fusion. memory: `lm.text_memory(t5_hidden, mask)` (no key mask is applied, as audiocraft).
     Window w at frame offset o with n frames is conditioned on condition frames o..o+n (the special
-    frame after the last), its prefix computed once; its audio prompt is the previous window's last
-    n_prev - stride frames.
+    frame after the last), its prefix computed once; its audio prompt is the previous window's frames from
+    `stride` on. T' = T for gapless windows; the official plan returns the concatenated windows (shorter).
     """
     from imgen_jax.generate import SamplingConfig, generate
     from imgen_jax.instruct import decode_fusion
 
     cond = jnp.asarray(cond_codes, jnp.int32)
     B, K, T = cond.shape
+    window, stride = config.resolve_windows(adapters.cfg.pos_emb_frames - 1)
+    plan = window_plan(T, window, stride, config.windows)
+    total = sum(n - tp for _, n, tp in plan)
     key = jax.random.PRNGKey(config.seed)
-    out, prompt = [], None
-    for w, (offset, n, tp) in enumerate(window_plan(T, config.window_frames, config.stride_frames)):
+    out, prompt, done = [], None, 0
+    for w, (offset, n, tp) in enumerate(plan):
         fusion = decode_fusion(lm, adapters, cond[:, :, offset:], num_frames=n)
         sampling = SamplingConfig(
             num_frames=n, guidance_scale=config.guidance_scale, use_sampling=config.use_sampling,
@@ -129,15 +206,16 @@ def edit_tokens(
         )
         report = None
         if progress is not None:
-            def report(done, steps, _start=offset + tp, _new=n - tp):
-                progress(_start + (done * _new) // max(steps, 1), T)
+            def report(steps_done, steps, _start=done, _new=n - tp):
+                progress(_start + (steps_done * _new) // max(steps, 1), total)
         gen = generate(
-            lm, memory, None, sampling, prompt=prompt, key=jax.random.fold_in(key, w),
+            lm, memory, None, sampling, prompt=prompt if tp else None, key=jax.random.fold_in(key, w),
             prefixes=fusion.prefixes, prefix_clamp=fusion.prefix_clamp, progress=report,
         )
         out.append(gen[:, :, tp:])
-        prompt = gen[:, :, config.stride_frames:] if n > config.stride_frames else None
-    return jnp.concatenate(out, axis=-1)[:, :, :T]
+        done += n - tp
+        prompt = gen[:, :, stride:] if n > stride else None
+    return jnp.concatenate(out, axis=-1)
 
 
 class Editor:
@@ -154,7 +232,7 @@ class Editor:
         self.mg = mg
         self.adapters = adapters
         self.lm = merge_lora(mg.lm, adapters)  # LoRA touches only cross-attention: fine for the fusion pass too
-        self.max_window = adapters.cfg.pos_emb_frames - 1
+        self.max_window = adapters.cfg.pos_emb_frames - 1  # decoded frames the positional table covers
 
     @classmethod
     def load(cls, model_dir: str, dtype=jnp.float32) -> "Editor":
@@ -185,8 +263,7 @@ class Editor:
         B = cond_codes.shape[0]
         if len(instructions) != B:
             raise ImgenError(f"{len(instructions)} instructions for {B} inputs")
-        if config.window_frames > self.max_window:
-            raise ImgenError(f"window_frames {config.window_frames} exceeds the adapters' {self.max_window} positions")
+        config.resolve_windows(self.max_window)  # refuse a window the adapters cannot cover before any work
         hidden, mask = self.mg.encode_text([normalise_instruction(t) for t in instructions])
         return edit_tokens(self.lm, self.adapters, cond_codes, self.lm.text_memory(hidden, mask), config, progress)
 
@@ -194,14 +271,22 @@ class Editor:
         self, wavs: Sequence[np.ndarray], instructions: Sequence[str], config: EditConfig = EditConfig(),
         progress: Callable[[int, int], None] | None = None,
     ) -> list[np.ndarray]:
-        """Mono wavs [1, N_i] float32 at `sample_rate` + one instruction each -> edited wavs [1, N_i'].
+        """wavs [C, N_i] (or [N_i]) float32 at `sample_rate` + one instruction each -> edited wavs [C, N_i'].
 
-        Inputs of equal length are edited as one batch; different lengths run one after another.
-        progress(frames_done, frames_total) counts output frames over all batches."""
+        C = `mg.audio_channels` (2 for a stereo model, whose channels are encoded one by one with the mono
+        EnCodec and interleaved into [B, 8, T] condition codes); a mono input to a stereo model is used for
+        both channels. Inputs of equal length are edited as one batch; different lengths run one after
+        another. progress(frames_done, frames_total) counts output frames over all batches."""
         if len(wavs) != len(instructions):
             raise ImgenError(f"{len(instructions)} instructions for {len(wavs)} inputs")
         for t in instructions:
             normalise_instruction(t)  # refuse a bad instruction before any work
+        C = self.mg.audio_channels
+        wavs = [np.asarray(w, np.float32) for w in wavs]
+        for i, w in enumerate(wavs):
+            if w.ndim not in (1, 2) or (w.ndim == 2 and w.shape[0] not in (1, C)) or w.shape[-1] == 0:
+                raise ImgenError(f"edit: input {i} has shape {w.shape}; expected [channels 1 or {C}, samples > 0]")
+        wavs = [np.broadcast_to(w.reshape(1, -1) if w.ndim == 1 else w, (C, w.shape[-1])) for w in wavs]
         results: list[np.ndarray | None] = [None] * len(wavs)
         groups: dict[int, list[int]] = {}
         for i, w in enumerate(wavs):
@@ -209,7 +294,7 @@ class Editor:
         frames = {n: self.mg.encodec.cfg.num_frames(n) for n in groups}
         total, before = sum(frames.values()), 0
         for n, idx in groups.items():
-            batch = np.stack([np.asarray(wavs[i], np.float32).reshape(1, -1) for i in idx])
+            batch = np.stack([wavs[i] for i in idx])  # [B, C, N]
             codes = self.mg.encode_audio(batch)
             report = None
             if progress is not None:
@@ -223,4 +308,7 @@ class Editor:
         return results  # type: ignore[return-value]
 
 
-__all__ = ["normalise_instruction", "EditConfig", "window_plan", "edit_tokens", "Editor", "STEMS"]
+__all__ = [
+    "normalise_instruction", "EditConfig", "WINDOW_MODES", "gapless_window_plan", "official_window_plan", "window_plan",
+    "edit_tokens", "Editor", "STEMS",
+]

@@ -45,24 +45,20 @@ def mini_slakh_root(tmp_path_factory) -> str:
     return str(root)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dirs(tmp_path_factory, spm_model):
-    """(root, transformers model) of a tiny random MusicGen: root/hf (Hugging Face layout + spiece.model),
-    root/adapters.pt (random Instruct adapters in the official format, gates and LoRA B non-zero),
-    root/plain and root/instruct (converted without / with the adapters). Read-only for tests."""
+def build_model_dirs(root, spm_model, model):
+    """root/hf (Hugging Face layout of `model` + spiece.model), root/adapters.pt (random Instruct adapters
+    for its LM in the official format, gates and LoRA B non-zero), root/plain and root/instruct (converted
+    without / with the adapters); returns (root, model)."""
     import shutil
 
     import numpy as np
 
     from convert.instruct_ckpt import export_official_adapters
-    from convert.reference_models import musicgen_model
     from imgen_jax.cli import main as imgen
     from imgen_jax.fusion import FusionConfig, init_adapters
     from imgen_jax.lm import LMConfig
     from imgen_jax.weights import module_weights
 
-    root = tmp_path_factory.mktemp("tiny_model")
-    model = musicgen_model()
     model.save_pretrained(root / "hf")
     shutil.copyfile(spm_model, root / "hf" / "spiece.model")
     dec = model.config.decoder
@@ -76,3 +72,23 @@ def tiny_model_dirs(tmp_path_factory, spm_model):
     assert imgen(["convert", str(root / "hf"), "--out", str(root / "plain")]) == 0
     assert imgen(["convert", str(root / "hf"), "--adapters", str(root / "adapters.pt"), "--out", str(root / "instruct")]) == 0
     return root, model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, spm_model):
+    """(root, transformers model) of a tiny random MusicGen: root/hf (Hugging Face layout + spiece.model),
+    root/adapters.pt (random Instruct adapters in the official format, gates and LoRA B non-zero),
+    root/plain and root/instruct (converted without / with the adapters). Read-only for tests."""
+    from convert.reference_models import musicgen_model
+
+    return build_model_dirs(tmp_path_factory.mktemp("tiny_model"), spm_model, musicgen_model())
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_model_dirs(tmp_path_factory, spm_model):
+    """As tiny_model_dirs for a tiny random musicgen-stereo layout (LM: 8 interleaved codebooks, audio_channels
+    2; the tiny mono EnCodec with fitted codebooks, so decoded audio depends on the codes). Read-only."""
+    from convert.reference_models import musicgen_model
+
+    model = musicgen_model(codebooks=8, audio_channels=2, seed=5, fitted_codec=True)
+    return build_model_dirs(tmp_path_factory.mktemp("tiny_stereo_model"), spm_model, model)

@@ -152,3 +152,29 @@ def test_export_adapters_round_trip(model_dirs, tmp_path):
     assert sorted(back) == sorted(orig)
     for k in orig:
         assert torch.equal(back[k], orig[k]), k
+
+
+def test_edit_defaults_follow_the_adapters_positional_table(model_dirs, tmp_path):
+    """`imgen edit` with no window flags on adapters whose positional table is shorter than 500 frames (as the
+    README's demo model, 201): the window comes from the table, a longer input is edited in several windows,
+    and the output has the input's length. An explicit window beyond the table is a one-line error."""
+    import shutil
+
+    from imgen_jax.fusion import FusionConfig, init_adapters, save_adapters
+    from imgen_jax.lm import load_lm
+    from imgen_jax.weights import module_weights
+
+    root, _ = model_dirs
+    short = tmp_path / "short"
+    shutil.copytree(root / "plain", short)
+    fcfg = FusionConfig.for_lm(load_lm(str(short)).cfg, pos_emb_frames=41)
+    save_adapters(short, fcfg, module_weights(init_adapters(fcfg, seed=3)))
+    ed = Editor.load(str(short))
+    assert ed.max_window == 40
+    inp = _mix(tmp_path / "long.wav", seconds=0.5, sr=ed.sample_rate, channels=1)  # 100 frames > 40
+    out = tmp_path / "edited.wav"
+    assert imgen(["edit", "--model", str(short), "--input", inp, "--instruction", "remove drums", "--out", str(out)]) == 0
+    wav, sr = sf.read(out)
+    assert sr == ed.sample_rate and abs(len(wav) - int(0.5 * sr)) <= 4 and np.isfinite(wav).all()
+    assert imgen(["edit", "--model", str(short), "--input", inp, "--instruction", "remove drums", "--out",
+                  str(tmp_path / "x.wav"), "--window-frames", "500"]) == 2

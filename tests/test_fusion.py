@@ -744,3 +744,68 @@ def test_official_schedule_and_recipe():
     for s in (1, 99, 101, 2500, 4999, 9999):
         ref = s / 100 if s < 100 else max(0.0, 0.5 * (1.0 + math.cos(math.pi * (s - 100) / 9900)))
         assert abs(lr(s) - 1e-4 * ref) < 1e-10, s
+
+
+# ---- edit windows ---------------------------------------------------------------------------------------------
+def test_every_gapless_window_is_generate_with_the_previous_tail(fx, converted):
+    """The default (gapless) edit: window w equals `generate` of its n frames with the previous window's frames
+    from `stride` on as audio prompt and the decode fusion of the condition from the window's offset; the output
+    is every window's new frames, one per condition frame."""
+    from imgen_jax.edit import EditConfig, edit_tokens, gapless_window_plan
+
+    cfg, io = fx
+    _, lm, adapters, _ = converted
+    merged, memory = merge_lora(lm, adapters), _gen_memory(lm, io)
+    cond = _codes(io, "cond_codes")
+    T = cond.shape[-1]
+    W = max(3, T // 2 - 1)
+    R = max(1, W - 3)
+    plan = gapless_window_plan(T, W, R)
+    assert len(plan) >= 3 and sum(n - tp for _, n, tp in plan) == T
+    config = EditConfig(guidance_scale=cfg["cfg_coef"], use_sampling=False, window_frames=W, stride_frames=R)
+    codes = np.asarray(edit_tokens(merged, adapters, cond, memory, config))
+    assert codes.shape == cond.shape
+    prompt, pieces = None, []
+    for offset, n, tp in plan:
+        assert offset + n <= T and (tp == 0) == (prompt is None)
+        fusion = decode_fusion(lm, adapters, cond[:, :, offset:], num_frames=n)
+        sampling = generate_mod.SamplingConfig(num_frames=n, guidance_scale=cfg["cfg_coef"], use_sampling=False,
+                                               window_frames=None)
+        gen = np.asarray(generate_mod.generate(merged, memory, None, sampling, prompt=prompt, prefixes=fusion.prefixes,
+                                               prefix_clamp=fusion.prefix_clamp))
+        if prompt is not None:
+            np.testing.assert_array_equal(gen[:, :, :tp], np.asarray(prompt))
+        pieces.append(gen[:, :, tp:])
+        np.testing.assert_array_equal(codes[:, :, offset + tp: offset + n], gen[:, :, tp:])
+        prompt = jnp.asarray(gen[:, :, R:]) if n > R else None
+    np.testing.assert_array_equal(codes, np.concatenate(pieces, axis=-1))
+
+
+def test_window_plans():
+    """gapless: every frame exactly once, windows within the condition; official: CondMusicgen's float arithmetic."""
+    from imgen_jax.edit import EditConfig, gapless_window_plan, official_window_plan, window_plan
+
+    for total, W, R in ((1, 5, 2), (10, 10, 5), (23, 8, 8), (23, 8, 3), (500, 500, 250), (1234, 500, 250), (7, 3, 1)):
+        plan = gapless_window_plan(total, W, R)
+        covered = np.zeros(total, int)
+        for offset, n, tp in plan:
+            assert 1 <= n <= W and offset + n <= total and tp < n
+            covered[offset + tp: offset + n] += 1
+        assert (covered == 1).all(), (total, W, R, plan)
+        assert plan == window_plan(total, W, R)
+    # official numbers: 5 s windows every 16 s at 50 frames/s
+    assert official_window_plan(1000, 250, 800) == [(0, 250, 0), (800, 200, 0)]
+    assert official_window_plan(250, 250, 800) == [(0, 250, 0)]
+    assert official_window_plan(29, 250, 800) == [(0, 28, 0)]  # int(0.58 * 50) = 28: the official float loses a frame
+    assert official_window_plan(20, 8, 12) == [(0, 8, 0), (12, 8, 0)]
+    long = official_window_plan(50 * 120, 250, 800)  # stops once the offset passes 80 s
+    assert [o for o, _, _ in long] == list(range(0, 4001, 800)) and all(n == 250 for _, n, _ in long)
+    assert window_plan(1000, 250, 800, "official") == official_window_plan(1000, 250, 800)
+    # defaults follow the adapters' positional table
+    assert EditConfig().resolve_windows(200) == (200, 100)
+    assert EditConfig().resolve_windows(500) == (500, 250)
+    assert EditConfig(windows="official").resolve_windows(500) == (250, 800)
+    with pytest.raises(ImgenError, match="exceeds the adapters' 200 positions"):
+        EditConfig(window_frames=500).resolve_windows(200)
+    with pytest.raises(ImgenError, match="windows must be one of"):
+        EditConfig(windows="overlap")
