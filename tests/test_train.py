@@ -245,3 +245,58 @@ def test_musicgen_small_step(tmp_path, spm_model):
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), new, before)
     assert all(jax.tree.leaves(changed)), changed
     assert optax.tree.norm(jax.tree.map(lambda a, b: np.asarray(a) - b, new, before)) > 0
+
+
+def test_grad_accumulation_and_text_dropout(tiny_model):
+    """train.grad_accum: 4 micro-batches of 2 give the loss and gradients of the whole batch of 8 within 1e-6
+    (every clip has the same number of valid positions), hence the same update; model.text_dropout: a dropped
+    micro-batch trains on the null text (all-zero memory)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from imgen_jax.train.data import SyntheticTriplets, encode_batch
+    from imgen_jax.train.step import (
+        StepOptions, codes_loss_and_grads, fusion_config, init_params, load_base, make_optimizer, make_steps,
+        micro_batches,
+    )
+
+    c = tiny_config(tiny_model, "unused")
+    base = load_base(tiny_model)
+    ad_def, params = init_params(fusion_config(c, base.lm_cfg), 0)
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    sr = c.data.sample_rate
+    raw = next(SyntheticTriplets(batch_size=8, num_samples=sr, sample_rate=sr))
+    batch = {k: jnp.asarray(v) for k, v in encode_batch(raw, base.tokenizer, 16, sr).items()}
+    micro = micro_batches(batch, 4)
+    assert micro["input"].shape[:2] == (4, 2)
+    np.testing.assert_array_equal(np.asarray(micro["input"][1, 0]), np.asarray(batch["input"][1]))
+    optimizer, schedule = make_optimizer(c.train)
+
+    def run(options):
+        steps = make_steps(base, ad_def, optimizer, schedule, options)
+        p = jax.tree.map(jnp.array, params)
+        return steps.train(p, optimizer.init(p), base.frozen, batch, jnp.asarray(3, jnp.int32))
+
+    one_p, _, one = run(StepOptions(grad_accum=1))
+    four_p, _, four = run(StepOptions(grad_accum=4))
+    assert abs(float(one["loss"]) - float(four["loss"])) <= 1e-6 * float(one["loss"])
+    assert abs(float(one["grad_norm"]) - float(four["grad_norm"])) <= 1e-6 * float(one["grad_norm"])
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(one_p),
+                                                                                 jax.tree.leaves(four_p)))
+    assert diff <= 1e-6, diff
+    # the gradients themselves, micro-batch average against the whole batch
+    lm, cond, target, memory, key_mask = make_steps(base, ad_def, optimizer, schedule).encode(base.frozen, batch)
+    _, g_all = codes_loss_and_grads(lm, ad_def, params, target, cond, memory, key_mask)
+    parts = [codes_loss_and_grads(lm, ad_def, params, target[i::4], cond[i::4], memory[i::4], key_mask[i::4])[1]
+             for i in range(4)]
+    g_avg = jax.tree.map(lambda *g: sum(g) / 4, *parts)
+    scale = float(optax.tree.norm(g_all))
+    assert float(optax.tree.norm(jax.tree.map(jnp.subtract, g_all, g_avg))) <= 1e-6 * scale
+    # text dropout: p close to 1 drops every micro-batch -> the loss of the zero memory
+    _, _, dropped = run(StepOptions(text_dropout=0.999999))
+    _, _, kept = run(StepOptions(text_dropout=0.0))
+    _, null_loss_grads = None, codes_loss_and_grads(lm, ad_def, params, target, cond, jnp.zeros_like(memory), key_mask)
+    assert abs(float(dropped["loss"]) - float(null_loss_grads[0])) <= 1e-6 * float(null_loss_grads[0])
+    assert abs(float(kept["loss"]) - float(one["loss"])) <= 1e-7 * float(one["loss"])
+    assert abs(float(dropped["loss"]) - float(kept["loss"])) > 1e-4
