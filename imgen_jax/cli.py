@@ -1,8 +1,9 @@
 """The `imgen` command.
 
-    imgen convert SRC --out DIR [--compression FILE] [--t5 DIR] [--adapters CKPT] [--overwrite]
+    imgen convert SRC --out DIR [--compression PATH] [--t5 DIR] [--adapters CKPT] [--overwrite]
     imgen export-adapters DIR --out adapters.pt [--layout save_weights|lightning]
     imgen info DIR
+    imgen plan --config=configs/slakh.py --topology=v5e:2x4 [--config.FIELD=VALUE ...] [--skip-decode]
     imgen generate --model DIR --prompt TEXT --seconds S --out out.wav [--seed N] [--spectrogram out.png]
     imgen edit --model DIR --input mix.wav --instruction "remove drums" --out out.wav [--spectrogram ba.png]
     imgen data mini-slakh --out DIR [--tracks N] [--seconds S] [--seed N] [--overwrite]
@@ -30,7 +31,10 @@ loads without torch. SRC may be:
     spiece.model is copied when present;
   - an audiocraft MusicGen directory holding state_dict.bin (LM + the T5 output_proj) and
     optionally compression_state_dict.bin (EnCodec 32 kHz), or the state_dict.bin file itself;
-    audiocraft does not ship T5: pass a Hugging Face t5-base directory with --t5;
+    audiocraft does not ship T5: pass a Hugging Face t5-base directory with --t5. When
+    compression_state_dict.bin only names a pretrained codec ({'pretrained':
+    'facebook/encodec_32khz'}), pass --compression with a local Hugging Face EnCodec folder
+    (config.json + model.safetensors / pytorch_model.bin, the encodec_32khz layout);
   - a Hugging Face T5 directory (model_type "t5"): converted alone.
 The model size (small, medium, large, stereo variants) is read from the weights. Pickled
 checkpoints are loaded with torch.load(weights_only=True): a file holding anything but tensors
@@ -249,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("src", help="Hugging Face directory, audiocraft directory or state_dict.bin")
     c.add_argument("--out", required=True, help="output model directory (written atomically)")
-    c.add_argument("--compression", help="audiocraft compression_state_dict.bin (EnCodec), if not next to SRC")
+    c.add_argument("--compression", metavar="PATH",
+                   help="EnCodec for an audiocraft SRC: a compression_state_dict.bin holding weights, or a local "
+                        "Hugging Face EnCodec folder (e.g. facebook/encodec_32khz); default: the one next to SRC")
     c.add_argument("--t5", help="Hugging Face T5 directory to include (audiocraft sources)")
     c.add_argument("--adapters", help="official Instruct-MusicGen checkpoint (finetuned.ckpt or save_weights file) to add")
     c.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha of the adapters (official: 64)")

@@ -20,6 +20,7 @@ import torch
 from convert.common import load_torch_checkpoint
 from convert.encodec_weights import encodec_hf_to_audiocraft
 from convert.lm_weights import lm_hf_to_audiocraft
+from convert.musicgen import convert_any
 from convert.reference_models import musicgen_model, musicgen_small_model, state_dict_numpy
 from imgen_jax.api import load_musicgen
 from imgen_jax.cli import main as imgen
@@ -35,8 +36,9 @@ def _write_hf(model, path, spm_model=None):
     return str(path)
 
 
-def _write_audiocraft(model, folder):
-    """state_dict.bin and compression_state_dict.bin as audiocraft saves them (tensors under 'best_state')."""
+def _write_audiocraft(model, folder, codec_xp_cfg=""):
+    """state_dict.bin and compression_state_dict.bin as audiocraft saves them (tensors under 'best_state',
+    the codec's training config YAML under 'xp.cfg')."""
     os.makedirs(folder, exist_ok=True)
     sd = state_dict_numpy(model)
     lm = {k: torch.from_numpy(v) for k, v in lm_hf_to_audiocraft(sd).items()}
@@ -46,7 +48,7 @@ def _write_audiocraft(model, folder):
     torch.save({"best_state": lm, "xp.cfg": xp, "version": "1.0"}, os.path.join(folder, "state_dict.bin"))
     codec_sd = {k[len("audio_encoder."):]: v for k, v in sd.items() if k.startswith("audio_encoder.")}
     codec = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in encodec_hf_to_audiocraft(codec_sd).items()}
-    torch.save({"best_state": codec, "xp.cfg": "", "version": "1.0"}, os.path.join(folder, "compression_state_dict.bin"))
+    torch.save({"best_state": codec, "xp.cfg": codec_xp_cfg, "version": "1.0"}, os.path.join(folder, "compression_state_dict.bin"))
     return str(folder)
 
 
@@ -130,6 +132,54 @@ def test_convert_help_documents_layouts():
     assert out.returncode == 0
     for word in ("Hugging Face", "audiocraft", "state_dict.bin", "compression_state_dict.bin", "--t5", "weights_only"):
         assert word in out.stdout
+
+
+def test_audiocraft_compression_weights_or_pretrained_reference(tmp_path, capsys):
+    """audiocraft's two packings of compression_state_dict.bin (audiocraft.utils.export): weights
+    ('best_state' + 'xp.cfg') convert as they are; a reference ({'pretrained': 'facebook/encodec_32khz',
+    'exported': True, 'version'}) is a one-line error naming it, and converts with --compression
+    pointing at a local Hugging Face EnCodec folder. The converted codec is checked against the
+    transformers EncodecModel it came from (tests/test_encodec.py: equal codes, decoded audio to
+    1e-4 relative)."""
+    from test_encodec import TINY_XP_CFG, _check_model
+
+    from convert.reference_models import encodec_model, tiny_encodec_config
+    from imgen_jax.encodec import load_encodec
+    from imgen_jax.modeldir import read_model_config
+
+    model = musicgen_model(fitted_codec=True)  # codebooks fitted: the codes depend on the weights
+    ac = _write_audiocraft(model, tmp_path / "ac", codec_xp_cfg=TINY_XP_CFG)
+    assert imgen(["convert", ac, "--out", str(tmp_path / "weights")]) == 0
+    _check_model(tmp_path / "weights", model.audio_encoder, lengths=[64, 37])
+    assert load_encodec(str(tmp_path / "weights")).cfg.sampling_rate == 800  # from xp.cfg
+
+    codec_file = os.path.join(ac, "compression_state_dict.bin")
+    torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"}, codec_file)
+    capsys.readouterr()
+    assert imgen(["convert", ac, "--out", str(tmp_path / "ref")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars (\r-separated)
+    assert err.startswith("error: "), err
+    assert f"{codec_file} refers to the pretrained 'facebook/encodec_32khz'" in err and "--compression PATH" in err
+    assert "encodec_32khz layout" in err and not os.path.exists(tmp_path / "ref")
+
+    hf_codec = encodec_model(tiny_encodec_config(model.config.decoder.vocab_size), seed=7)  # not the LM's own codec
+    hf_codec.save_pretrained(tmp_path / "encodec_hf")
+    assert imgen(["convert", ac, "--compression", str(tmp_path / "encodec_hf"), "--out", str(tmp_path / "ref")]) == 0
+    codec = _check_model(tmp_path / "ref", hf_codec, lengths=[64, 37])
+    assert codec.cfg.sampling_rate == hf_codec.config.sampling_rate
+    assert sorted(k for k in read_model_config(tmp_path / "ref") if k in ("lm", "encodec", "t5")) == ["encodec", "lm"]
+
+    # a codec whose codes are not the LM's, and --compression on a Hugging Face source, are refused
+    other = encodec_model(tiny_encodec_config(2 * model.config.decoder.vocab_size), seed=7)
+    other.save_pretrained(tmp_path / "encodec_other")
+    with pytest.raises(ImgenError, match="codebooks of 32 .* does not fit the LM .*codebooks of 16"):
+        convert_any(ac, str(tmp_path / "bad"), compression=str(tmp_path / "encodec_other"))
+    hf = tmp_path / "hf_like"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "musicgen"}')
+    with pytest.raises(ImgenError, match="--compression applies to audiocraft sources only"):
+        convert_any(str(hf), str(tmp_path / "bad"), compression=str(tmp_path / "encodec_hf"))
+    assert not os.path.exists(tmp_path / "bad")
 
 
 def test_truncated_files_are_one_line_errors(tmp_path, capsys):

@@ -97,18 +97,22 @@ def test_tiny_hf_layout(tmp_path, changes, lengths):
     assert cfg.causal == model.config.use_causal_conv and cfg.pad_mode == model.config.pad_mode
 
 
+# audiocraft's xp.cfg (training config YAML) of the tiny codec (convert.reference_models.tiny_encodec_config)
+TINY_XP_CFG = (
+    "sample_rate: 800\nchannels: 1\nencodec:\n  causal: false\n  renormalize: false\n"
+    "seanet:\n  dimension: 8\n  channels: ${channels}\n  causal: ${encodec.causal}\n  n_filters: 4\n"
+    "  n_residual_layers: 1\n  ratios: [2, 2]\n  norm: weight_norm\n  pad_mode: reflect\n  true_skip: true\n"
+    "  lstm: 2\n  decoder:\n    trim_right_ratio: 1.0\n    final_activation: null\n  encoder: {}\n"
+    "rvq:\n  n_q: 4\n  bins: 16\n"
+)
+
+
 def test_tiny_audiocraft_layout(tmp_path):
     model = encodec_model(_tiny())
     ac = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in encodec_hf_to_audiocraft(state_dict_numpy(model)).items()}
     assert "encoder.model.0.conv.conv.weight_g" in ac and "decoder.model.3.convtr.convtr.weight_v" in ac
     assert "quantizer.vq.layers.3._codebook.embed" in ac and "encoder.model.7.lstm.weight_hh_l1" in ac
-    xp = (
-        "sample_rate: 800\nchannels: 1\nencodec:\n  causal: false\n  renormalize: false\n"
-        "seanet:\n  dimension: 8\n  channels: ${channels}\n  causal: ${encodec.causal}\n  n_filters: 4\n"
-        "  n_residual_layers: 1\n  ratios: [2, 2]\n  norm: weight_norm\n  pad_mode: reflect\n  true_skip: true\n"
-        "  lstm: 2\n  decoder:\n    trim_right_ratio: 1.0\n    final_activation: null\n  encoder: {}\n"
-        "rvq:\n  n_q: 4\n  bins: 16\n"
-    )
+    xp = TINY_XP_CFG
     path = tmp_path / "compression_state_dict.bin"
     torch.save({"best_state": ac, "xp.cfg": xp, "version": "1.0"}, path)
     tensors, meta = load_torch_checkpoint(path)
