@@ -5,6 +5,12 @@
 
 Runs (or resumes, from WORKDIR/checkpoints) the run the config describes; see imgen_jax/train/.
 Errors meant for the user print one line `error: ...` and exit with status 2.
+
+Multi-process (multi-host) runs: start the same command on every process with
+--config.mesh.distributed=True and JAX_COORDINATOR_ADDRESS=HOST:PORT (process 0's), JAX_NUM_PROCESSES,
+JAX_PROCESS_ID (or --config.mesh.coordinator / num_processes / process_id; SLURM, Open MPI and TPU pods
+need none of them). A process that fails ends at once (status 1 or 2, last line `error: ...`), and the
+others follow within config.mesh.heartbeat_timeout seconds; rerun every process to resume.
 """
 
 from __future__ import annotations
@@ -33,11 +39,39 @@ def main(argv: list[str]) -> int:
         train(_CONFIG.value)
     except ImgenError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _end_distributed(2)
     except KeyboardInterrupt:
         print("error: interrupted (resume by running the same command)", file=sys.stderr)
-        return 130
+        return _end_distributed(130)
+    except Exception as e:
+        if not _distributed():
+            raise
+        import traceback
+
+        traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"error: {type(e).__name__}: {first}; in a multi-process run this usually means that another process "
+              "died or hung: restart every process to resume from the last complete checkpoint", file=sys.stderr)
+        return _end_distributed(1)
     return 0
+
+
+def _distributed() -> bool:
+    import jax
+
+    return jax.distributed.is_initialized()
+
+
+def _end_distributed(code: int) -> int:
+    """In a multi-process run that failed, end this process at once: the normal exit waits at JAX's
+    shutdown barrier for processes that may be dead or stuck in a collective; the others notice this
+    one is gone (at once when it ran the coordinator, process 0; else within
+    config.mesh.heartbeat_timeout) and end too."""
+    if _distributed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def run() -> None:

@@ -4,8 +4,8 @@ Same LM on both sides (random weights, musicgen-small shape by default: 1024 x 2
 4 codebooks x 2048; --size large for MusicGen-large on an accelerator), same sampling (CFG 3.0,
 top-k 250, seed 0), batch 1, 12-token text memory. The edit adds what Instruct-MusicGen adds: the
 audio-fusion prefix (a pass of the condition through the LM's own layers, once per window) and the
-gated prefix attention in every decoding step of every adapter layer; LoRA is merged into the
-weights once at load (not timed). Both sides are compiled before timing (compile reported apart).
+gated prefix attention in every decoding step of every adapter layer, and the LoRA's q delta in every
+step of every layer (its v delta is in the text values, once). Both sides are compiled before timing (compile reported apart).
 
 Last line: `fusion_overhead: X.XX` = edit seconds / generation seconds.
 
@@ -34,10 +34,10 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from imgen_jax.edit import EditConfig, edit_tokens
-    from imgen_jax.fusion import FusionConfig, init_adapters, merge_lora
+    from imgen_jax.instruct.edit import EditConfig, edit_tokens
+    from imgen_jax.instruct.fusion import FusionConfig, init_adapters
     from imgen_jax.generate import SamplingConfig, generate
-    from imgen_jax.lm import LMConfig, init_lm
+    from imgen_jax.models.lm import LMConfig, init_lm
     from imgen_jax.weights import load_into, module_weights
 
     print(device_line())
@@ -51,14 +51,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     flat = {k: (v + 0.02 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in flat.items()}
     load_into(adapters, flat, "bench")  # non-zero gates and LoRA B: every fusion path does work
-    lm = merge_lora(lm, adapters)
 
     frames = int(args.seconds * 50)
     memory = jnp.asarray(rng.standard_normal((1, 12, cfg.dim)).astype(np.float32))
     cond = jnp.asarray(rng.integers(0, cfg.card, (1, cfg.num_codebooks, frames)), jnp.int32)
     sampling = SamplingConfig(num_frames=frames, guidance_scale=3.0, top_k=250, window_frames=None)
     window = min(frames, fcfg.pos_emb_frames - 1)
-    edit_cfg = EditConfig(guidance_scale=3.0, top_k=250, window_frames=window, stride_frames=max(1, window // 2))
+    edit_cfg = EditConfig(dataclasses.replace(sampling, num_frames=window), window_frames=window,
+                          stride_frames=max(1, window // 2))
 
     def run_generate():
         return generate(lm, memory, None, sampling).block_until_ready()

@@ -35,7 +35,7 @@ def main() -> None:
     from transformers import EncodecModel as HFEncodecModel
 
     from convert.encodec_weights import encodec_from_hf
-    from imgen_jax.encodec import EncodecModel, abstract_encodec
+    from imgen_jax.models.encodec import EncodecModel, abstract_encodec
     from imgen_jax.xla import jit_method
     from imgen_jax.weights import load_into
 

@@ -17,6 +17,8 @@ Prints, per batch: seconds and decode steps/s of each side, the JAX compile time
 the last line is `speedup: X.XX` = PyTorch seconds / JAX seconds (excluding compile) at the first --batch.
 
     python bench/generate.py [--seconds 5] [--batch 1 4] [--layers 24] [--torch-threads N ...]
+    python bench/generate.py --size large --compile-only [--seconds 10]   # compile time of the MusicGen-large
+        decode program (abstract weights, nothing run; last line `compile_s: X`)
 """
 
 from __future__ import annotations
@@ -26,9 +28,32 @@ import os
 
 from _common import device_line, timed_once
 
+from imgen_jax import vocab
+
 
 def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _compile_only(args) -> None:
+    """Compile (lower + XLA compile, nothing run) the decode program of a MusicGen size from abstract weights."""
+    import time
+
+    import numpy as np
+
+    from imgen_jax.generate import SamplingConfig, compile_generate
+    from imgen_jax.models.lm import LMConfig, abstract_lm
+
+    cfg = LMConfig.preset(args.size)
+    lm = abstract_lm(cfg)  # ShapeDtypeStruct weights: nothing is allocated or read
+    B, frames = args.batch[0], int(args.seconds * 50)
+    memory = np.zeros((B, args.text_len, cfg.dim), np.float32)
+    sampling = SamplingConfig(num_frames=frames, guidance_scale=args.guidance, top_k=args.top_k, window_frames=None)
+    print(device_line(), f"| musicgen-{args.size} decoder {cfg.num_layers} x {cfg.dim}, {args.seconds:g} s = {frames} "
+          f"frames, batch {B}, CFG {args.guidance}, top-k {args.top_k}; load average {_load()}")
+    t0 = time.perf_counter()
+    compile_generate(lm, memory, None, sampling)
+    print(f"compile_s: {time.perf_counter() - t0:.1f}")
 
 
 def main() -> None:
@@ -37,11 +62,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--text-len", type=int, default=12)
-    ap.add_argument("--top-k", type=int, default=250)
-    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--top-k", type=int, default=vocab.GENERATE_TOP_K)
+    ap.add_argument("--guidance", type=float, default=vocab.GUIDANCE_SCALE)
     ap.add_argument("--torch-threads", type=int, nargs="+", default=None,
                     help="torch thread counts to time (default: torch's default, then 1)")
+    ap.add_argument("--size", choices=("small", "medium", "large"), default="small",
+                    help="with --compile-only: the MusicGen size whose decode program is compiled")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only compile the decode program of --size for --seconds at the first --batch (no peer)")
     args = ap.parse_args()
+    if args.compile_only:
+        _compile_only(args)
+        return
 
     import jax
     import jax.numpy as jnp
@@ -53,7 +85,7 @@ def main() -> None:
 
     from convert.lm_weights import lm_from_hf
     from imgen_jax.generate import SamplingConfig, compile_generate, generate
-    from imgen_jax.lm import MusicGenLM, abstract_lm
+    from imgen_jax.models.lm import MusicGenLM, abstract_lm
     from imgen_jax.weights import load_into
 
     default_threads = max(1, torch.get_num_threads())

@@ -31,7 +31,7 @@ def main() -> None:
 
     from convert.lm_weights import lm_from_hf
     from imgen_jax.xla import jit_method
-    from imgen_jax.lm import MusicGenLM, abstract_lm
+    from imgen_jax.models.lm import MusicGenLM, abstract_lm
     from imgen_jax.weights import load_into
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -145,8 +145,8 @@ def main() -> None:
     import optax
     import torch
 
-    from imgen_jax.fusion import FusionConfig, init_adapters
-    from imgen_jax.lm import LMConfig, abstract_lm
+    from imgen_jax.instruct.fusion import FusionConfig, init_adapters
+    from imgen_jax.models.lm import LMConfig, abstract_lm
     from imgen_jax.train.step import apply_update, codes_loss_and_grads
     from imgen_jax.weights import load_into, module_shapes, module_weights
     from imgen_jax.xla import jit

@@ -30,19 +30,21 @@ On a multi-host TPU / GPU slice add --config.mesh.distributed=True and e.g.
 """
 
 from imgen_jax.train.config import base_config
+from imgen_jax.vocab import TASKS
 
 
 def get_config():
     c = base_config()
     c.workdir = "runs/slakh"
     c.model.base_dir = "models/musicgen-large"  # placeholder: a converted MusicGen-large directory
+    c.model.base_size = "large"  # what `imgen plan` compiles without weights (must match base_dir's LM)
     c.model.adapter_layers = -1
     c.model.lora_r = 32
     c.model.lora_alpha = 64.0
     c.model.pos_emb_frames = 501
     c.data.source = "triplets"
     c.data.dir = "data/slakh2100"  # placeholder: Slakh2100 root (train / validation / test)
-    c.data.tasks = ("add", "remove", "extract")
+    c.data.tasks = TASKS
     c.data.stems = "4_stems"
     c.data.clip_seconds = 5.0
     c.data.sample_rate = 32000

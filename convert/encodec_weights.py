@@ -1,10 +1,10 @@
 """EnCodec weights: Hugging Face and audiocraft layouts -> imgen_jax `EncodecModel` names.
 
-Our names are listed in imgen_jax/encodec.py. Weight norm (torch's `weight_g`/`weight_v` or
+Our names are listed in imgen_jax/models/encodec.py. Weight norm (torch's `weight_g`/`weight_v` or
 `parametrizations.weight.original0`/`original1`) is folded into plain weights first
 (convert.common.fold_weight_norm); models trained without weight norm (plain `weight`) load too.
 Conv weights [out, in, k] become kernels [k, in, out]; transposed-conv weights [in, out, k]
-become [k, in, out] and then their polyphase form (imgen_jax.encodec.polyphase_kernel); LSTM
+become [k, in, out] and then their polyphase form (imgen_jax.models.encodec.polyphase_kernel); LSTM
 `weight_ih_l{n}` [4W, W] becomes lstm/layers/{n}/w_ih [W, 4W], `weight_hh_l{n}` is kept as w_hh
 [4W, W] and the two biases are summed; codebook `embed` [card, D] are stacked to [K, card, D]. The quantizer's
 training buffers (`inited`, `cluster_size`, `embed_avg`) are ignored.
@@ -52,7 +52,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from convert.common import KeyReader, fold_weight_norm
-from imgen_jax.encodec import EncodecConfig, polyphase_kernel
+from imgen_jax.models.encodec import EncodecConfig, polyphase_kernel
 from imgen_jax.errors import ImgenError
 
 IGNORED_BUFFERS = (".inited", ".cluster_size", ".embed_avg")

@@ -60,8 +60,8 @@ import numpy as np
 from convert.common import KeyReader, load_torch_checkpoint, strip_prefix
 from convert.lm_weights import lm_from_audiocraft
 from imgen_jax.errors import ImgenError
-from imgen_jax.fusion import COMPONENT, FusionConfig, save_adapters
-from imgen_jax.lm import LMConfig
+from imgen_jax.instruct.fusion import COMPONENT, FusionConfig, save_adapters
+from imgen_jax.models.lm import LMConfig
 from imgen_jax.modeldir import read_component, read_model_config, write_model_dir
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ _SHARED = (  # cp_transformer.layers.{j}.<key> -> (our name under layers/, trans
 class InstructCheckpoint:
     """What an official checkpoint holds, in imgen_jax names.
 
-    fusion / adapters: the adapters' config and flat weights (imgen_jax.fusion names).
-    lm_cfg / lm: the base MusicGen LM (imgen_jax.lm names) when the checkpoint has it, else None.
+    fusion / adapters: the adapters' config and flat weights (imgen_jax.instruct.fusion names).
+    lm_cfg / lm: the base MusicGen LM (imgen_jax.models.lm names) when the checkpoint has it, else None.
     shared: cp_transformer.layers.* in our layer names stacked over adapter layers (None if absent).
     layout: 'lightning' | 'instructor' | 'save_weights'. notes: things worth telling the user.
     """
@@ -482,10 +482,12 @@ def adapters_to_official(
         raise ImgenError(f"unknown official adapter layout {layout!r}; expected 'save_weights' or 'lightning'")
     cp = "" if layout == "save_weights" else "model." + CP
     lm = LM if layout == "save_weights" else "model." + LM
-    out: dict[str, np.ndarray] = {cp + "pos_emb": flat["pos_emb"], cp + "gates": flat["gates"]}
-    for j in range(fusion.adapter_layers):
-        out[cp + f"merge_linear.{j}.weight"] = flat["merge_linear"][j].T
-    for i in range(fusion.num_layers):
+    out: dict[str, np.ndarray] = {}
+    if fusion.has_audio:  # the ablation modes "text" / "audio" export only the part they have
+        out.update({cp + "pos_emb": flat["pos_emb"], cp + "gates": flat["gates"]})
+        for j in range(fusion.adapter_layers):
+            out[cp + f"merge_linear.{j}.weight"] = flat["merge_linear"][j].T
+    for i in range(fusion.num_layers if fusion.has_lora else 0):
         for p in "qv":
             out[lm + LORA_KEY.format(i=i, p=p, m="A")] = flat[f"lora_{p}/a"][i].T
             out[lm + LORA_KEY.format(i=i, p=p, m="B")] = flat[f"lora_{p}/b"][i].T

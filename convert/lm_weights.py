@@ -45,7 +45,7 @@ import numpy as np
 
 from convert.common import KeyReader
 from imgen_jax.errors import ImgenError
-from imgen_jax.lm import LMConfig
+from imgen_jax.models.lm import LMConfig
 
 AC_TEXT_PROJ = "condition_provider.conditioners.description.output_proj"
 HF_DEC = "decoder.model.decoder."

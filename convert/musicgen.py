@@ -25,7 +25,7 @@ from convert.common import load_hf_weights, load_torch_checkpoint, read_json, st
 from convert.encodec_weights import encodec_from_audiocraft, encodec_from_hf
 from convert.lm_weights import lm_from_audiocraft, lm_from_hf
 from convert.t5_weights import convert_hf_t5_dir, t5_from_hf
-from imgen_jax.encodec import EncodecConfig
+from imgen_jax.models.encodec import EncodecConfig
 from imgen_jax.configs import config_to_dict
 from imgen_jax.errors import ImgenError
 from imgen_jax.modeldir import TOKENIZER_NAME, write_model_dir

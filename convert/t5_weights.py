@@ -2,7 +2,7 @@
 
 Reads the keys of a `T5EncoderModel` / `T5ForConditionalGeneration` state dict (decoder and
 LM-head keys are ignored), optionally under a prefix (`text_encoder.` in a HF MusicGen state
-dict), and returns the flat names of `imgen_jax.t5` with per-layer weights stacked on a
+dict), and returns the flat names of `imgen_jax.models.t5` with per-layer weights stacked on a
 leading layer axis. torch is only imported (by convert.common) when a checkpoint is read.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from convert.common import KeyReader, load_hf_weights, read_json, strip_prefix
 from imgen_jax.configs import config_to_dict
 from imgen_jax.errors import ImgenError
-from imgen_jax.t5 import T5Config
+from imgen_jax.models.t5 import T5Config
 
 # keys of a full encoder-decoder checkpoint that the encoder does not use
 _IGNORED = ("decoder.", "lm_head.")
@@ -190,7 +190,7 @@ def convert_hf_t5_dir(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, ove
     converted model directory of kind 't5'; returns its path.
 
     The spiece.model, when present, is checked (readable, T5-style, no more ids than the
-    embedding has rows) and copied next to the weights; `imgen_jax.t5.load_t5` reads it back."""
+    embedding has rows) and copied next to the weights; `imgen_jax.models.t5.load_t5` reads it back."""
     from imgen_jax.modeldir import TOKENIZER_NAME, write_model_dir
 
     hf_dir = os.fspath(hf_dir)
@@ -202,9 +202,9 @@ def convert_hf_t5_dir(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, ove
     cfg, flat = t5_from_hf(sd, hf_config, hf_dir)
     spiece = os.path.join(hf_dir, TOKENIZER_NAME)
     if os.path.isfile(spiece):
-        from imgen_jax.t5 import T5Tokenizer
+        from imgen_jax.models.t5 import T5Tokenizer
 
-        from imgen_jax.t5 import check_tokenizer_fits
+        from imgen_jax.models.t5 import check_tokenizer_fits
 
         # refuse an unreadable or mismatched tokenizer now rather than at load time
         check_tokenizer_fits(T5Tokenizer(spiece), cfg, spiece)

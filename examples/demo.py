@@ -82,7 +82,7 @@ def main() -> int:
 
     print("6/6 Instruct-MusicGen: random adapters in the official format -> imgen convert --adapters -> imgen edit")
     from convert.instruct_ckpt import export_official_adapters
-    from imgen_jax.fusion import FusionConfig, init_adapters
+    from imgen_jax.instruct.fusion import FusionConfig, init_adapters
     from imgen_jax.weights import module_weights
 
     fcfg = FusionConfig.for_lm(mg.lm.cfg)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from imgen_jax.xla import jit_method
 from imgen_jax.errors import ImgenError
-from imgen_jax.lm import MusicGenLM, load_lm
+from imgen_jax.models.lm import MusicGenLM, load_lm
 from imgen_jax.modeldir import read_model_config
 
 
@@ -148,8 +148,8 @@ def load_musicgen(model_dir: str | os.PathLike, dtype=jnp.float32) -> MusicGen:
 
     dtype: compute dtype of the LM and T5 (float32; bfloat16 on accelerators). EnCodec runs in float32.
     """
-    from imgen_jax.encodec import load_encodec
-    from imgen_jax.t5 import load_t5
+    from imgen_jax.models.encodec import load_encodec
+    from imgen_jax.models.t5 import load_t5
 
     model_dir = os.fspath(model_dir)
     meta = read_model_config(model_dir)

@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 
+from imgen_jax import vocab
 from imgen_jax.errors import ImgenError
 
 CONVERT_HELP = """\
@@ -69,7 +70,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _export_adapters(args: argparse.Namespace) -> int:
     from convert.instruct_ckpt import export_official_adapters
     from imgen_jax.audio import check_writable
-    from imgen_jax.fusion import read_adapters
+    from imgen_jax.instruct.fusion import read_adapters
 
     out = check_writable(args.out)
     cfg, flat = read_adapters(args.model_dir)
@@ -140,7 +141,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
-    from imgen_jax.edit import EditConfig, normalise_instruction
+    from imgen_jax.instruct.edit import EditConfig, normalise_instruction
+    from imgen_jax.generate import SamplingConfig
 
     instructions = args.instruction
     if len(instructions) == 1:
@@ -151,10 +153,11 @@ def _edit(args: argparse.Namespace) -> int:
         normalise_instruction(t)
     outs = _out_paths(args.out, len(args.input))
     spec = None if args.spectrogram is None else _out_paths(args.spectrogram, 1)[0]
-    config = EditConfig(seed=args.seed, guidance_scale=args.guidance, top_k=args.top_k, windows=args.windows,
-                        window_frames=args.window_frames, stride_frames=args.stride_frames)
+    sampling = SamplingConfig.for_edit(seed=args.seed, guidance_scale=args.guidance, top_k=args.top_k)
+    config = EditConfig(sampling, windows=args.windows, window_frames=args.window_frames,
+                        stride_frames=args.stride_frames)
     from imgen_jax.audio import read_audio, save_spectrograms, write_wav
-    from imgen_jax.edit import Editor
+    from imgen_jax.instruct.edit import Editor
     from imgen_jax.modeldir import read_model_config
 
     meta = read_model_config(args.model)
@@ -185,8 +188,57 @@ def _print_info(model_dir: str) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from imgen_jax.train.plan import format_counts, model_dir_counts
+
     _print_info(args.model_dir)
+    print("parameters (from the safetensors headers):")
+    for line in format_counts(model_dir_counts(args.model_dir)):
+        print(line)
     return 0
+
+
+def load_config_file(path: str, overrides: list[str], prog: str = "imgen"):
+    """An ml_collections config file (`get_config()`) with `--config.FIELD=VALUE` overrides, parsed as
+    train.py parses them; ImgenError (one line) for a missing file, a bad override or a stray argument."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    stray = [a for a in overrides if not a.startswith("--config.")]
+    if stray:
+        raise ImgenError(f"unexpected arguments {stray}; settings go through --config.FIELD=VALUE")
+    if not os.path.isfile(path):
+        raise ImgenError(f"--config: {path}: no such config file")
+    argv = [prog, f"--config={path}", *overrides]
+    fv = flags.FlagValues()
+    try:  # sys_argv: config_flags finds the overridable fields from the argv it is given
+        holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True,
+                                                 sys_argv=argv)
+        fv(argv)
+        holder.value.to_json()  # a config file that failed to load raises here
+    except Exception as e:  # absl / config files raise arbitrary exceptions
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f" (overrides: {' '.join(overrides)})" if overrides else ""
+        raise ImgenError(f"config: {path}: {msg}{where}") from None
+    return holder.value
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from imgen_jax.train.plan import plan
+
+    config = load_config_file(args.config, args.overrides)
+    batches = [] if args.skip_decode else [int(b) for b in args.decode_batch.split(",") if b.strip()]
+    print(plan(config, args.topology, batches))
+    return 0
+
+
+PLAN_HELP = """\
+Compile the real training step (EnCodec encode, T5, audio fusion + LoRA, loss, AdamW) and the edit decode
+program for a TPU slice with the TPU compiler (libtpu: pip install 'imgen_jax[tpu]'), from abstract weights:
+no TPU, weights or data needed. Prints the compiler's per-chip memory (arguments, temporaries, outputs, total
+against HBM), the parameter counts, and a roofline estimate (compute, HBM and collective terms; step time,
+clips/s, MFU) that is not a measured speed. The last line is `peak_gib_per_chip: X` (the train step). The base
+size comes from config.model.base_size (else the configs of config.model.base_dir). Settings go through
+--config.FIELD=VALUE, as for train.py."""
 
 
 def _data_mini_slakh(args: argparse.Namespace) -> int:
@@ -274,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, default=10.0)
     g.add_argument("--out", required=True, help="output wav (out_0.wav, out_1.wav, ... for several prompts)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    g.add_argument("--top-k", type=int, default=250)
+    g.add_argument("--guidance", type=float, default=vocab.GUIDANCE_SCALE,
+                   help="classifier-free guidance scale (1 = off)")
+    g.add_argument("--top-k", type=int, default=vocab.GENERATE_TOP_K)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=vocab.TEMPERATURE)
     g.add_argument("--spectrogram", help="also write a spectrogram PNG")
     g.set_defaults(func=_generate)
 
@@ -285,11 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="converted model directory with adapters")
     e.add_argument("--input", required=True, action="append", help="input audio, any rate / channels (repeatable)")
     e.add_argument("--instruction", required=True, action="append",
-                   help="'add drums', 'remove bass', 'extract piano' or 'Music piece. Instruct: No Bass.'")
+                   help=f"'{vocab.plain_instruction('add', 'Drums')}', '{vocab.plain_instruction('remove', 'Bass')}', "
+                        f"'{vocab.plain_instruction('extract', 'Piano')}' or '{vocab.instruction('remove', 'Bass')}'")
     e.add_argument("--out", required=True, help="output wav (out_0.wav, ... for several inputs)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--guidance", type=float, default=3.0)
-    e.add_argument("--top-k", type=int, default=100, help="top-k sampling (default 100, the official Instructor's)")
+    e.add_argument("--guidance", type=float, default=vocab.GUIDANCE_SCALE)
+    e.add_argument("--top-k", type=int, default=vocab.EDIT_TOP_K,
+                   help=f"top-k sampling (default {vocab.EDIT_TOP_K}, the official Instructor's)")
     e.add_argument("--windows", choices=("gapless", "official"), default="gapless",
                    help="how inputs longer than one window are cut. gapless (default): every frame is generated once; "
                         "each window is conditioned on its own stretch of the input and continues the previous "
@@ -304,9 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--spectrogram", help="before / after spectrogram PNG of the first input")
     e.set_defaults(func=_edit)
 
-    i = sub.add_parser("info", help="print the components and sizes of a converted directory")
+    i = sub.add_parser("info", help="print the components, sizes and parameter counts of a converted directory")
     i.add_argument("model_dir")
     i.set_defaults(func=_info)
+
+    pl = sub.add_parser("plan", help="TPU memory and roofline of training and editing, from the TPU compiler",
+                        description=PLAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("--config", required=True, help="training config file (configs/*.py)")
+    pl.add_argument("--topology", required=True, help="TPU slice, e.g. v5e:1x1, v5e:2x4, v5e:16x16, v5p:2x2x1")
+    pl.add_argument("--decode-batch", default="1,8", help="clips per edit decode to compile (comma-separated)")
+    pl.add_argument("--skip-decode", action="store_true", help="compile the train step only")
+    pl.set_defaults(func=_plan, overrides=[], takes_overrides=True)
 
     _add_data_commands(sub)
 
@@ -317,7 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = extra  # `imgen plan --config.FIELD=VALUE ...`
     try:
         return args.func(args)
     except ImgenError as e:

@@ -2,7 +2,7 @@
 
 Semantics (audiocraft `LMModel.generate` / transformers `MusicgenForConditionalGeneration.generate`):
 
-- Delay pattern (`imgen_jax.patterns`): a window of T frames is a pattern of S = T + max_delay + 1
+- Delay pattern (`imgen_jax.models.patterns`): a window of T frames is a pattern of S = T + max_delay + 1
   steps; step 0 is all special tokens (`card`). Positions the pattern marks invalid are forced to the
   special token, positions holding audio-prompt frames are forced to the prompt, every other position
   is sampled from the model output of the previous step.
@@ -30,7 +30,12 @@ as transformers does); transformers disables CFG for guidance_scale <= 1 (we app
 
 Compilation: the model is `nnx.split` into graphdef + state and one jitted pure function runs the whole
 decode. It is compiled once per bucket: (graphdef, batch, text length, prompt frames, pattern buffer
-length rounded up to `length_bucket` steps, greedy/top-k/CFG/top-p on-off, prefix shapes, progress on/off).
+length rounded up to `length_bucket` steps, greedy/top-k/CFG/top-p on-off, the fusion's structure and
+shapes, progress on/off).
+
+Conditioning plug-ins: `fusion` (an `imgen_jax.models.lm.LayerFusion`, e.g. Instruct-MusicGen's
+`imgen_jax.instruct.fusion.InstructFusion`) goes to the LM unchanged; the sampler only asks it for its CFG rows
+(`for_guidance`) and its decode layout (`for_decoding`).
 Guidance scale, temperature, top_p values, the number of frames within the bucket and the key are
 runtime values.
 """
@@ -47,17 +52,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgen_jax import xla
+from imgen_jax import vocab, xla
 from imgen_jax.errors import ImgenError
-from imgen_jax.lm import AudioPrefix, MusicGenLM, heads_major_prefixes
-from imgen_jax.patterns import build_pattern, pattern_length, revert_pattern
+from imgen_jax.models.lm import LayerFusion, MusicGenLM
+from imgen_jax.models.patterns import build_pattern, pattern_length, revert_pattern
 
 ProgressFn = Callable[[int, int], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """How to decode.
+    """How to decode: the one decoding-settings type of generation (`imgen generate`), edits
+    (`imgen_jax.instruct.edit.EditConfig.sampling`), evaluation (`EvalOptions.sampling`) and training samples
+    (`imgen_jax.train.config.samples_sampling`). Defaults come from imgen_jax.vocab; `for_edit` gives
+    the edit defaults (top_k 100, no long-form windows: edits cut their own).
 
     num_frames: frames of the output, audio prompt included (audiocraft's duration * frame_rate).
     guidance_scale: classifier-free guidance coefficient; None or 1.0 switches CFG off (one pass of B rows).
@@ -71,15 +79,15 @@ class SamplingConfig:
     lengths share one compiled program.
     """
 
-    num_frames: int = 1500
-    guidance_scale: float | None = 3.0
+    num_frames: int = vocab.GENERATE_WINDOW_FRAMES
+    guidance_scale: float | None = vocab.GUIDANCE_SCALE
     use_sampling: bool = True
-    temperature: float = 1.0
-    top_k: int | None = 250
+    temperature: float = vocab.TEMPERATURE
+    top_k: int | None = vocab.GENERATE_TOP_K
     top_p: float | None = None
     seed: int = 0
-    window_frames: int | None = 1500
-    stride_frames: int = 900
+    window_frames: int | None = vocab.GENERATE_WINDOW_FRAMES
+    stride_frames: int = vocab.GENERATE_STRIDE_FRAMES
     length_bucket: int = 50
 
     def __post_init__(self):
@@ -106,6 +114,12 @@ class SamplingConfig:
             window_frames=None if max_duration is None else int(max_duration * frame_rate),
             stride_frames=int(extend_stride * frame_rate), **kw,
         )
+
+    @staticmethod
+    def for_edit(**kw) -> "SamplingConfig":
+        """The edit defaults (the official Instructor: top_k 100, CFG 3.0), any field overridden by `kw`;
+        the editor sets num_frames per window and decodes each window in one piece (window_frames None)."""
+        return SamplingConfig(**{"top_k": vocab.EDIT_TOP_K, "window_frames": None, **kw})
 
     @property
     def cfg(self) -> bool:
@@ -184,7 +198,6 @@ class _Static(NamedTuple):
     greedy: bool
     top_k: int  # 0 = off
     top_p: bool
-    prefix_clamp: int | None
     progress: bool
     return_logits: bool
     unroll: bool  # per-layer cache and unrolled layers (see MusicGenLM.init_cache / extend)
@@ -202,12 +215,12 @@ def _dup_batch(x: jax.Array, axis: int = 0) -> jax.Array:
     return jnp.concatenate([x, x], axis=axis)
 
 
-def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, params, prefixes, lora, progress_id,
+def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, params, fusion, progress_id,
                     *, static: _Static):
     """The whole decode. template [B,K,Smax] int32: forced tokens (special / prompt) and -1 where to sample.
 
     n_steps: [] int32, the pattern length S <= Smax actually decoded. params: [3] float32 (guidance scale,
-    temperature, top_p). Returns the filled pattern [B,K,Smax] (and the guided logits [B,K,Smax,card]
+    temperature, top_p). fusion: a `LayerFusion` for B rows, or None. Returns the filled pattern [B,K,Smax] (and the guided logits [B,K,Smax,card]
     used to choose each step, when static.return_logits).
     """
     _TRACES[0] += 1
@@ -219,19 +232,14 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
         memory = jnp.concatenate([memory, jnp.zeros_like(memory)], axis=0)
         if text_mask is not None:
             text_mask = jnp.concatenate([text_mask, jnp.zeros_like(text_mask)], axis=0)
-        if prefixes is not None:
-            prefixes = prefixes._replace(q=_dup_batch(prefixes.q, 1), k=_dup_batch(prefixes.k, 1),
-                                         v=_dup_batch(prefixes.v, 1))
+        if fusion is not None:
+            fusion = fusion.for_guidance()
+    if fusion is not None:
+        fusion = fusion.for_decoding(static.unroll)
     rows = 2 * B if static.cfg else B
 
     def rows_of(tokens):
         return _dup_batch(tokens) if static.cfg else tokens
-
-    def prefix_pos(positions):
-        if prefixes is None:
-            return None
-        clamp = static.prefix_clamp if static.prefix_clamp is not None else prefixes.q.shape[2] - 1
-        return jnp.minimum(positions, clamp)
 
     def pick(model_logits, s):
         """Model logits [rows,K,card] of the step before s -> tokens [B,K] for step s, and the guided logits."""
@@ -244,10 +252,8 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
     def write(buf, values, s):
         return jax.lax.dynamic_update_slice_in_dim(buf, values[:, :, None], s, axis=2)
 
-    cache = lm.init_cache(rows, Smax, memory, text_mask, lora=lora, per_layer=static.unroll)
-    if prefixes is not None and static.unroll:
-        prefixes = heads_major_prefixes(prefixes)
-    logits, cache = lm.extend(rows_of(template[:, :, :P]), cache, prefixes, prefix_pos(jnp.arange(P)))
+    cache = lm.init_cache(rows, Smax, memory, text_mask, fusion, per_layer=static.unroll)
+    logits, cache = lm.extend(rows_of(template[:, :, :P]), cache, fusion)
     logits = logits[:, :, -1]
     seq = template
     logit_buf = jnp.zeros((B, K, Smax, logits.shape[-1]), jnp.float32) if static.return_logits else None
@@ -264,7 +270,7 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
         buf = record(buf, guided, s)
         if static.progress:
             jax.debug.callback(_progress_trampoline, progress_id, s - P + 1, n_steps - P, ordered=False)
-        out, cache = lm.extend(rows_of(tok[:, :, None]), cache, prefixes, prefix_pos(cache.pos[None]))
+        out, cache = lm.extend(rows_of(tok[:, :, None]), cache, fusion)
         return seq, cache, out[:, :, -1], buf
 
     seq, cache, logits, logit_buf = jax.lax.fori_loop(P, n_steps - 1, body, (seq, cache, logits, logit_buf))
@@ -294,17 +300,9 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-class _Extras(NamedTuple):
-    prefixes: AudioPrefix | None
-    prefix_clamp: int | None
-    lora: object
-    unroll: bool
-
-
-def _extras(prefixes, prefix_clamp, lora, unroll_layers) -> _Extras:
-    if unroll_layers is None:
-        unroll_layers = jax.default_backend() != "tpu"
-    return _Extras(prefixes, prefix_clamp, lora, bool(unroll_layers))
+def _unroll(unroll_layers: bool | None) -> bool:
+    """Per-layer KV cache and unrolled layers (`MusicGenLM.init_cache(per_layer=True)`): default on except on TPU."""
+    return jax.default_backend() != "tpu" if unroll_layers is None else bool(unroll_layers)
 
 
 def generate(
@@ -315,9 +313,7 @@ def generate(
     *,
     prompt: jax.Array | np.ndarray | None = None,
     key: jax.Array | None = None,
-    prefixes: AudioPrefix | None = None,
-    prefix_clamp: int | None = None,
-    lora=None,
+    fusion: LayerFusion | None = None,
     progress: ProgressFn | None = None,
     return_logits: bool = False,
     unroll_layers: bool | None = None,
@@ -327,11 +323,8 @@ def generate(
     lm: the MusicGen LM. memory [B, L, dim]: `lm.text_memory(t5_hidden, mask)`. text_mask [B, L] (1 = real
     token): masks padded text keys (transformers semantics), or None to attend to every key (audiocraft).
     prompt [B, K, Tp] int: audio-prompt codes to continue (Tp < num_frames). key: a `jax.random` key
-    (default `PRNGKey(config.seed)`). prefixes: the audio-fusion prefix (AudioPrefix with a leading layer
-    axis, q/k/v [layers, B, Tc, H, D]) given to every step; the step at input position p reads the prefix
-    query at min(p, prefix_clamp) (default Tc - 1; the official Instruct-MusicGen prefix appends one special
-    frame to its T condition frames and clamps at T - 1, i.e. pass Tc - 2). lora: the cross-attention LoRA
-    (`imgen_jax.lm.CrossLoRA`, stacked over layers) for `MusicGenLM.init_cache`. progress(done, total):
+    (default `PRNGKey(config.seed)`). fusion: a conditioning plug-in (`imgen_jax.models.lm.LayerFusion` for the B
+    rows, e.g. `imgen_jax.instruct.decode_fusion`), or None for plain MusicGen. progress(done, total):
     called from the running program (audiocraft's convention: steps of this window; long form: frames of the
     output). return_logits: also return the guided logits [B, K, S, card] (float32) that chose each pattern
     step (zeros at prefilled steps); single window only. unroll_layers: per-layer KV cache and unrolled layers
@@ -339,7 +332,7 @@ def generate(
     """
     if key is None:
         key = jax.random.PRNGKey(config.seed)
-    extras = _extras(prefixes, prefix_clamp, lora, unroll_layers)
+    extras = _Extras(fusion, _unroll(unroll_layers))
     T = config.num_frames
     if config.window_frames is not None and T > config.window_frames:
         if return_logits:
@@ -355,9 +348,7 @@ def compile_generate(
     config: SamplingConfig = SamplingConfig(),
     *,
     prompt: jax.Array | np.ndarray | None = None,
-    prefixes: AudioPrefix | None = None,
-    prefix_clamp: int | None = None,
-    lora=None,
+    fusion: LayerFusion | None = None,
     progress: bool = False,
     return_logits: bool = False,
     unroll_layers: bool | None = None,
@@ -368,7 +359,7 @@ def compile_generate(
     the same buckets start without compiling. Returns the number of programs compiled or found compiled
     (one per distinct window shape; long form has up to three).
     """
-    extras = _extras(prefixes, prefix_clamp, lora, unroll_layers)
+    extras = _Extras(fusion, _unroll(unroll_layers))
     shapes = []  # (frames, prompt frames) of each window
     T = config.num_frames
     Tp = 0 if prompt is None else int(prompt.shape[-1])
@@ -392,6 +383,13 @@ def compile_generate(
     return len(seen)
 
 
+class _Extras(NamedTuple):
+    """What a decode adds to the LM: the fusion plug-in (or None) and the cache layout."""
+
+    fusion: LayerFusion | None
+    unroll: bool
+
+
 def _window_args(lm, memory, text_mask, config, T, prompt, key, extras: _Extras, progress: bool, return_logits: bool):
     """The arguments of the decode program for one window (and the pattern length S)."""
     cfg = lm.cfg
@@ -413,7 +411,7 @@ def _window_args(lm, memory, text_mask, config, T, prompt, key, extras: _Extras,
     static = _Static(
         prompt_steps=Tp + 1,  # steps 0..Tp hold only special and prompt tokens (step Tp+1 holds frame Tp of codebook 0)
         cfg=config.cfg, greedy=config.greedy, top_k=int(config.top_k) if config.uses_top_k else 0,
-        top_p=config.uses_top_p, prefix_clamp=extras.prefix_clamp, progress=bool(progress),
+        top_p=config.uses_top_p, progress=bool(progress),
         return_logits=return_logits, unroll=extras.unroll,
     )
     params = jnp.asarray([
@@ -424,8 +422,7 @@ def _window_args(lm, memory, text_mask, config, T, prompt, key, extras: _Extras,
     graphdef, state = nnx.split(lm)
     args = (
         graphdef, state, jnp.asarray(memory), None if text_mask is None else jnp.asarray(text_mask, jnp.int32),
-        jnp.asarray(template), jnp.asarray(S, jnp.int32), key, params, extras.prefixes, extras.lora,
-        jnp.asarray(0, jnp.int32),
+        jnp.asarray(template), jnp.asarray(S, jnp.int32), key, params, extras.fusion, jnp.asarray(0, jnp.int32),
     )
     return args, static, S
 

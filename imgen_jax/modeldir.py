@@ -8,7 +8,7 @@ Layout written by the converters (`imgen convert`) and read by the runtime, no t
     DIR/lm.safetensors       MusicGen LM (incl. the text `output_proj` as `text_proj/*`)
     DIR/encodec.safetensors  EnCodec compression model
     DIR/t5.safetensors       T5 encoder
-    DIR/adapters.safetensors Instruct-MusicGen adapters (imgen_jax.fusion), next to the LM they fit
+    DIR/adapters.safetensors Instruct-MusicGen adapters (imgen_jax.instruct.fusion), next to the LM they fit
     DIR/spiece.model         sentencepiece model of the T5 tokenizer, when the source had one
 
 A directory is written into a temporary sibling and renamed into place at the end, so an

@@ -55,8 +55,8 @@ def build_model_dirs(root, spm_model, model):
 
     from convert.instruct_ckpt import export_official_adapters
     from imgen_jax.cli import main as imgen
-    from imgen_jax.fusion import FusionConfig, init_adapters
-    from imgen_jax.lm import LMConfig
+    from imgen_jax.instruct.fusion import FusionConfig, init_adapters
+    from imgen_jax.models.lm import LMConfig
     from imgen_jax.weights import module_weights
 
     model.save_pretrained(root / "hf")

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from imgen_jax.cli import main as imgen
-from imgen_jax.edit import Editor, normalise_instruction
+from imgen_jax.instruct.edit import Editor, normalise_instruction
 from imgen_jax.errors import ImgenError
 
 
@@ -88,14 +88,15 @@ def test_edit_windows_cover_long_inputs_and_are_deterministic(model_dirs):
     ed = Editor.load(str(root / "instruct"))
     sr = ed.sample_rate
     wav = (0.2 * np.sin(np.arange(sr) / sr * 2 * np.pi * 110)).astype(np.float32)[None]  # 1 s = 200 frames
-    from imgen_jax.edit import EditConfig
+    from imgen_jax.instruct.edit import EditConfig
+    from imgen_jax.generate import SamplingConfig
 
-    cfg = EditConfig(window_frames=60, stride_frames=40, seed=5)
+    cfg = EditConfig(SamplingConfig.for_edit(seed=5), window_frames=60, stride_frames=40)
     codes = ed.mg.encode_audio(wav[None])
     one = np.asarray(ed.edit_codes(codes, ["add bass"], cfg))
     two = np.asarray(ed.edit_codes(codes, ["add bass"], cfg))
     assert one.shape == codes.shape and np.array_equal(one, two)
-    other = np.asarray(ed.edit_codes(codes, ["add bass"], EditConfig(window_frames=60, stride_frames=40, seed=6)))
+    other = np.asarray(ed.edit_codes(codes, ["add bass"], EditConfig(SamplingConfig.for_edit(seed=6), window_frames=60, stride_frames=40)))
     assert not np.array_equal(one, other)
 
 
@@ -142,6 +143,28 @@ def test_instruction_forms():
             normalise_instruction(bad)
 
 
+def test_one_vocabulary_for_instructions():
+    """The editor's parser, the triplets and the synthetic training data all speak imgen_jax.vocab: every plain
+    instruction of every task and stem parses to the official text, which parses to itself; the training data's
+    instructions are vocabulary texts of its own task and stem."""
+    from imgen_jax import vocab
+    from imgen_jax.train.data import SyntheticTriplets
+
+    for task in vocab.PLAIN_INSTRUCTION:
+        for stem in vocab.STEMS:
+            official = vocab.instruction(task, stem)
+            assert official.startswith(vocab.OFFICIAL_PREFIX) and official.endswith(f" {stem}.")
+            assert normalise_instruction(vocab.plain_instruction(task, stem)) == official
+            assert normalise_instruction(official) == official
+    for alias, stem in vocab.STEM_ALIASES.items():
+        assert normalise_instruction(f"remove {alias}") == vocab.instruction("remove", stem)
+    for plain, task in vocab.PLAIN_SYNONYMS.items():
+        assert normalise_instruction(f"{plain} bass") == vocab.instruction(task, "Bass")
+    batch = next(SyntheticTriplets(batch_size=6, num_samples=400, sample_rate=4000, seed=3))
+    assert batch["instruction"] == [vocab.instruction(t, s) for t, s in zip(batch["task"], batch["stem"])]
+    assert set(batch["stem"]) <= set(vocab.FOUR_STEMS) and set(batch["task"]) <= set(vocab.TASKS)
+
+
 def test_export_adapters_round_trip(model_dirs, tmp_path):
     import torch
 
@@ -160,8 +183,8 @@ def test_edit_defaults_follow_the_adapters_positional_table(model_dirs, tmp_path
     and the output has the input's length. An explicit window beyond the table is a one-line error."""
     import shutil
 
-    from imgen_jax.fusion import FusionConfig, init_adapters, save_adapters
-    from imgen_jax.lm import load_lm
+    from imgen_jax.instruct.fusion import FusionConfig, init_adapters, save_adapters
+    from imgen_jax.models.lm import load_lm
     from imgen_jax.weights import module_weights
 
     root, _ = model_dirs

@@ -144,7 +144,7 @@ def test_audiocraft_compression_weights_or_pretrained_reference(tmp_path, capsys
     from test_encodec import TINY_XP_CFG, _check_model
 
     from convert.reference_models import encodec_model, tiny_encodec_config
-    from imgen_jax.encodec import load_encodec
+    from imgen_jax.models.encodec import load_encodec
     from imgen_jax.modeldir import read_model_config
 
     model = musicgen_model(fitted_codec=True)  # codebooks fitted: the codes depend on the weights

@@ -18,7 +18,7 @@ import torch
 from convert.common import load_hf_weights, load_torch_checkpoint, strip_prefix
 from convert.encodec_weights import encodec_from_audiocraft, encodec_from_hf, encodec_hf_to_audiocraft
 from convert.reference_models import encodec_32k_config, encodec_model, state_dict_numpy, tiny_encodec_config
-from imgen_jax.encodec import EncodecConfig, EncodecModel, init_encodec, load_encodec
+from imgen_jax.models.encodec import EncodecConfig, EncodecModel, init_encodec, load_encodec
 from imgen_jax.xla import jit_method
 from imgen_jax.errors import ImgenError
 from imgen_jax.modeldir import write_model_dir

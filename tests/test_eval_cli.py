@@ -81,12 +81,12 @@ def test_resume_recomputes_nothing_and_corrupt_output_is_skipped(first_run, mode
     model_wavs = sorted((out / "model").iterdir())
     mtimes = {p.name: p.stat().st_mtime_ns for p in model_wavs}
     lines = len((out / "results.jsonl").read_text().splitlines())
-    import imgen_jax.edit
+    import imgen_jax.instruct.edit
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded on a finished evaluation")
 
-    monkeypatch.setattr(imgen_jax.edit.Editor, "load", classmethod(refuse))
+    monkeypatch.setattr(imgen_jax.instruct.edit.Editor, "load", classmethod(refuse))
     res = run_eval(str(model_dir / "instruct"), data_dir, str(out), _opts(), progress=False)
     assert res.edited == 0 and res.scored == 0 and not res.skipped
     assert {p.name: p.stat().st_mtime_ns for p in model_wavs} == mtimes
@@ -180,3 +180,73 @@ def test_eval_errors(model_dir, data_dir, tmp_path, capsys):
     err(good + base + ["--task", "add", "--n", "2", "--embedder", "vggish"], "unknown embedder 'vggish'")
     err(good + base + ["--task", "add", "--n", "2", "--split", "nosuchsplit"])
     assert not os.path.exists(tmp_path / "o" / "model")
+
+
+def test_a_metric_file_is_a_new_column(first_run, model_dir, data_dir, tmp_path, monkeypatch):
+    """A metric is one file: a module in the metrics package that registers a Metric (here written to a folder
+    added to the package's path) becomes a column of every table file, with its direction, its values per
+    system and its order, without any change to the runner or the report; finished scores are redone for it."""
+    import sys
+    import textwrap
+
+    from imgen_jax.eval import metrics
+
+    folder = tmp_path / "more_metrics"
+    folder.mkdir()
+    (folder / "abs_err.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+        from imgen_jax.eval.metrics import Metric, register
+
+        def compute(out, ex, ctx):
+            return float(np.mean(np.abs(out.wav - ex.target.wav)))
+
+        METRIC = register(Metric("abs_err", higher_is_better=False, compute=compute, order=45))
+    '''))
+    monkeypatch.setattr(metrics, "__path__", [*metrics.__path__, str(folder)])
+    monkeypatch.delitem(sys.modules, "imgen_jax.eval.metrics.abs_err", raising=False)
+    metrics._discover()
+    try:
+        out, _ = first_run
+        res = run_eval(str(model_dir / "instruct"), data_dir, str(out), _opts(embedders=("logmel",)), progress=False)
+    finally:
+        metrics.unregister("abs_err")
+    assert res.edited == 0 and res.scored == 3 * N
+    assert res.metrics == ["si_sdr", "si_sdri", "ssim", "mel_l1", "abs_err", "fad_logmel"]
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["metrics"] == res.metrics and doc["higher_is_better"]["abs_err"] is False
+    rows = {r["system"]: r for r in doc["rows"]}
+    assert rows["oracle"]["abs_err"] == 0.0 and rows["identity"]["abs_err"] > 0 and rows["model"]["abs_err"] > 0
+    assert (out / "table.csv").read_text().splitlines()[0].split(",")[3:] == res.metrics
+    assert "abs_err ↓" in res.table_text.splitlines()[0]
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sum("abs_err" in r["metrics"] for r in recs) == 3 * N
+    assert "abs_err" not in [m.name for m in metrics.registered()]
+
+
+def test_one_decoding_settings_type():
+    """Evaluation edits, editor windows and training samples all carry the shared SamplingConfig: the eval
+    seed is the edits' seed, windows are capped by the adapters, a changed sampling field reaches the
+    manifest's settings (so a resumed run with other sampling is refused), and training samples read config.samples."""
+    from imgen_jax import vocab
+    from imgen_jax.instruct.edit import EditConfig
+    from imgen_jax.errors import ImgenError
+    from imgen_jax.generate import SamplingConfig
+    from imgen_jax.train.config import base_config, samples_sampling
+
+    opts = EvalOptions(task="add", n=1, seed=7, sampling=SamplingConfig.for_edit(top_k=9))
+    cfg = opts.edit_config(max_window=100)
+    assert isinstance(cfg, EditConfig) and cfg.sampling.top_k == 9 and cfg.sampling.seed == 7
+    assert (cfg.window_frames, cfg.stride_frames) == (100, 100) and cfg.sampling.guidance_scale == vocab.GUIDANCE_SCALE
+    assert EvalOptions(task="add", n=1).edit_settings() == {
+        "guidance": vocab.GUIDANCE_SCALE, "top_k": vocab.EDIT_TOP_K, "window_frames": vocab.EVAL_WINDOW_FRAMES,
+        "stride_frames": vocab.EVAL_STRIDE_FRAMES, "seed": 0}
+    hot = EvalOptions(task="add", n=1, sampling=SamplingConfig.for_edit(temperature=1.5)).edit_settings()
+    assert hot["temperature"] == 1.5
+    assert EditConfig().sampling == SamplingConfig.for_edit() and EditConfig().sampling.top_k == vocab.EDIT_TOP_K
+    with pytest.raises(ImgenError, match="SamplingConfig"):
+        EditConfig(sampling={"top_k": 5})
+    c = base_config()
+    c.samples.top_k, c.samples.guidance = 17, 2.5
+    s = samples_sampling(c)
+    assert isinstance(s, SamplingConfig) and (s.top_k, s.guidance_scale) == (17, 2.5)

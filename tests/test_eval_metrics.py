@@ -220,3 +220,26 @@ def test_eval_runtime_does_not_import_torch():
     code = ("import sys, imgen_jax.cli, imgen_jax.eval.runner, imgen_jax.eval.embedders, imgen_jax.eval.report; "
             "imgen_jax.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_metric_registry():
+    """Every file of imgen_jax/eval/metrics registers its metric; directions, units, task / plug-in filters
+    and column order are the registry's; a second metric of the same name is refused."""
+    import pkgutil
+
+    from imgen_jax.eval import metrics, report
+
+    files = sorted(i.name for i in pkgutil.iter_modules(metrics.__path__) if not i.name.startswith("_"))
+    assert files == sorted(m.name for m in metrics.registered())
+    assert [m.name for m in metrics.for_run("remove", {}, "example")] == ["si_sdr", "si_sdri", "ssim", "mel_l1"]
+    assert [m.name for m in metrics.for_run("add", {"clap": object(), "classifier": None}, "example")] == [
+        "ssim", "mel_l1", "clap"]
+    assert [m.name for m in metrics.for_run("add", {}, "set")] == ["fad"]
+    want = {"si_sdr": True, "si_sdri": True, "ssim": True, "clap": True, "mel_l1": False, "kl": False,
+            "fad_encodec": False, "fad_my_vggish": False}
+    assert {c: report.higher_is_better(c) for c in want} == want
+    assert metrics.unit("si_sdri") == "dB" and metrics.unit("ssim") == "" and metrics.lookup("nope") is None
+    with pytest.raises(ImgenError, match="already registered"):
+        metrics.register(metrics.Metric("ssim", higher_is_better=False, compute=lambda o, e, c: 0.0))
+    with pytest.raises(ImgenError, match="kind"):
+        metrics.Metric("x", higher_is_better=True, compute=lambda o, e, c: 0.0, kind="pooled")

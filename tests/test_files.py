@@ -219,7 +219,7 @@ def test_sigkill_at_every_step_leaves_the_old_or_the_new_folder(tmp_path):
 _ADAPTERS_BODY = r"""
 import numpy as np
 import imgen_jax.weights
-from imgen_jax.fusion import FusionConfig, save_adapters
+from imgen_jax.instruct.fusion import FusionConfig, save_adapters
 
 when = sys.argv[4]
 if when == "weights":  # pause once adapters.safetensors is written, before config.json
@@ -256,7 +256,7 @@ def test_save_adapters_killed_mid_write_keeps_config_and_weights_together(tmp_pa
         pytest.skip("renameat2(RENAME_EXCHANGE) unavailable here")
     import numpy as np
 
-    from imgen_jax.fusion import FusionConfig, abstract_adapters, load_adapters, read_adapters, save_adapters
+    from imgen_jax.instruct.fusion import FusionConfig, abstract_adapters, load_adapters, read_adapters, save_adapters
     from imgen_jax.modeldir import write_model_dir
     from imgen_jax.weights import module_shapes
 
@@ -315,7 +315,7 @@ def test_save_adapters_error_midway_keeps_the_old_directory(tmp_path, monkeypatc
     import numpy as np
 
     import imgen_jax.weights
-    from imgen_jax.fusion import FusionConfig, abstract_adapters, read_adapters, save_adapters
+    from imgen_jax.instruct.fusion import FusionConfig, abstract_adapters, read_adapters, save_adapters
     from imgen_jax.modeldir import write_model_dir
     from imgen_jax.weights import module_shapes
 

@@ -18,7 +18,8 @@ from convert.reference_models import musicgen_model, musicgen_small_model, state
 from imgen_jax import generate as gen
 from imgen_jax.errors import ImgenError
 from imgen_jax.generate import SamplingConfig, choose_tokens, filter_logits, generate
-from imgen_jax.lm import AudioPrefix, load_lm
+from imgen_jax.instruct.fusion import InstructFusion
+from imgen_jax.models.lm import load_lm
 from imgen_jax.modeldir import write_model_dir
 
 B, L = 2, 5
@@ -199,7 +200,7 @@ def test_sampled_tokens_lie_in_the_top_k_of_the_guided_logits(tiny):
     _, lm, _, _, memory, m = tiny
     cfg = SamplingConfig(num_frames=16, guidance_scale=3.0, top_k=3, temperature=2.0)
     codes, logits = generate(lm, memory, m, cfg, return_logits=True)
-    from imgen_jax.patterns import build_pattern, valid_steps
+    from imgen_jax.models.patterns import build_pattern, valid_steps
 
     seq = np.asarray(build_pattern(np.asarray(codes), lm.cfg.card, lm.cfg.delays))
     logits = np.asarray(logits)
@@ -291,10 +292,9 @@ def test_audio_prefix_path(tiny):
     qkv = [jnp.asarray(r.normal(size=shape).astype(np.float32)) for _ in range(3)]
     cfg = SamplingConfig(num_frames=12, guidance_scale=3.0, use_sampling=False)
     plain = np.asarray(generate(lm, memory, m, cfg))
-    closed = generate(lm, memory, m, cfg, prefixes=AudioPrefix(*qkv, gate=jnp.zeros((c.num_layers,))))
+    closed = generate(lm, memory, m, cfg, fusion=InstructFusion(*qkv, gate=jnp.zeros((c.num_layers,))))
     np.testing.assert_array_equal(np.asarray(closed), plain)
-    opened = generate(lm, memory, m, cfg, prefixes=AudioPrefix(*qkv, gate=jnp.full((c.num_layers,), 2.0)),
-                      prefix_clamp=Tc - 2)
+    opened = generate(lm, memory, m, cfg, fusion=InstructFusion(*qkv, gate=jnp.full((c.num_layers,), 2.0), clamp=Tc - 2))
     assert opened.shape == plain.shape and (np.asarray(opened) != plain).any()
 
 

@@ -15,7 +15,7 @@ from convert.common import load_torch_checkpoint
 from convert.lm_weights import lm_from_audiocraft, lm_from_hf, lm_hf_to_audiocraft
 from convert.reference_models import musicgen_model, state_dict_numpy
 from imgen_jax.errors import ImgenError
-from imgen_jax.lm import LMConfig, load_lm
+from imgen_jax.models.lm import LMConfig, load_lm
 from imgen_jax.modeldir import write_model_dir
 
 

@@ -19,7 +19,7 @@ from test_generate import _check_close, _hf_generate, _memory, _text
 
 from imgen_jax.api import load_musicgen
 from imgen_jax.cli import main as imgen
-from imgen_jax.edit import EditConfig, Editor
+from imgen_jax.instruct.edit import EditConfig, Editor
 from imgen_jax.errors import ImgenError
 from imgen_jax.generate import SamplingConfig, generate
 
@@ -154,7 +154,7 @@ def test_editor_stereo_codes(stereo, tiny_stereo_model_dirs):
     root, model = tiny_stereo_model_dirs
     ed = Editor.load(str(root / "instruct"))
     wav = _stereo_wav(model, batch=1, frames=20)[0]
-    cfg = EditConfig(seed=1, top_k=8)
+    cfg = EditConfig(SamplingConfig.for_edit(seed=1, top_k=8))
     from_mono = ed.edit([wav[:1]], ["add bass"], cfg)[0]
     from_copy = ed.edit([np.repeat(wav[:1], 2, axis=0)], ["add bass"], cfg)[0]
     assert from_mono.shape == (2, wav.shape[-1])

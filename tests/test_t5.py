@@ -1,14 +1,14 @@
 """T5 encoder and tokenizer parity against transformers (random weights, float32).
 
 Encoder path under test: transformers `T5EncoderModel` with random weights -> `save_pretrained`
-(safetensors + config.json on disk) -> `convert.t5_weights.convert_hf_t5_dir` -> `imgen_jax.t5.load_t5`
+(safetensors + config.json on disk) -> `convert.t5_weights.convert_hf_t5_dir` -> `imgen_jax.models.t5.load_t5`
 -> jitted forward (nnx.split / jax.jit, static [B, L]) -> last_hidden_state, compared with HF's
 on the same ids and attention mask (rows with padding, and a fully padded row, as audiocraft
 makes for empty descriptions). HF runs with both its "sdpa" (default) and "eager" attention.
 Tolerance: max |ours - hf| <= 1e-4 * max(1, max |hf|) (fp32, different summation order).
 The relative-attention bias is given std 1 (not 0.05) so that a wrong bucket shows far above it.
 
-Tokenizer: `imgen_jax.t5.T5Tokenizer` on the `spm_model` fixture vs transformers' `T5Tokenizer`
+Tokenizer: `imgen_jax.models.t5.T5Tokenizer` on the `spm_model` fixture vs transformers' `T5Tokenizer`
 loaded from the same spiece.model (extra_ids=100): ids and attention masks must be equal.
 """
 
@@ -28,7 +28,7 @@ from flax import nnx
 from convert.t5_weights import convert_hf_t5_dir, t5_from_hf
 from convert.reference_models import randomize_, state_dict_numpy, t5_base_config, tiny_t5_config
 from imgen_jax.errors import ImgenError
-from imgen_jax.t5 import T5Config, T5Tokenizer, load_t5, relative_position_bucket
+from imgen_jax.models.t5 import T5Config, T5Tokenizer, load_t5, relative_position_bucket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,7 +170,7 @@ def test_activation_is_hf_one(proj):
     from transformers import T5Config as HFT5Config
     from transformers.activations import ACT2FN
 
-    from imgen_jax.t5 import _ACTIVATIONS
+    from imgen_jax.models.t5 import _ACTIVATIONS
 
     hf = HFT5Config(feed_forward_proj=proj)
     ours = T5Config(feed_forward_proj=proj)
@@ -231,7 +231,7 @@ def test_runtime_does_not_import_torch(tmp_path, spm_model):
     shutil.copyfile(spm_model, tmp_path / "hf" / "spiece.model")
     out = convert_hf_t5_dir(tmp_path / "hf", tmp_path / "out")
     code = (
-        "import sys; from imgen_jax.t5 import load_t5\n"
+        "import sys; from imgen_jax.models.t5 import load_t5\n"
         f"enc, tok = load_t5({str(out)!r})\n"
         "ids, mask = tok(['Add drums.', 'x'])\n"
         "h = enc(ids, mask); h.block_until_ready()\n"

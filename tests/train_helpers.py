@@ -9,10 +9,10 @@ import shutil
 
 import numpy as np
 
-from imgen_jax.encodec import EncodecConfig, abstract_encodec
-from imgen_jax.lm import LMConfig, abstract_lm
+from imgen_jax.models.encodec import EncodecConfig, abstract_encodec
+from imgen_jax.models.lm import LMConfig, abstract_lm
 from imgen_jax.modeldir import write_model_dir
-from imgen_jax.t5 import T5Config, t5_abstract
+from imgen_jax.models.t5 import T5Config, t5_abstract
 from imgen_jax.weights import module_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

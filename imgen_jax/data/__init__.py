@@ -7,8 +7,9 @@
 """
 
 from imgen_jax.data.pipeline import TripletIterator, TripletSource, make_eval_set, make_triplet_loader
-from imgen_jax.data.tracks import FOUR_STEMS, BuildReport, Stem, Track, read_moisesdb, read_slakh, read_tracks
-from imgen_jax.data.triplets import INSTRUCTION, Triplet, TripletConfig, TrackInfo, sample_triplet
+from imgen_jax.data.tracks import BuildReport, Stem, Track, read_moisesdb, read_slakh, read_tracks
+from imgen_jax.data.triplets import Triplet, TripletConfig, TrackInfo, sample_triplet
+from imgen_jax.vocab import FOUR_STEMS, INSTRUCTION
 
 __all__ = [
     "TripletConfig", "Triplet", "TrackInfo", "INSTRUCTION", "sample_triplet", "make_triplet_loader", "make_eval_set",

@@ -31,22 +31,11 @@ from typing import Sequence
 
 import soundfile as sf
 
+from imgen_jax.vocab import FOUR_STEMS, MOISESDB_CLASSES, SLAKH_CLASSES
+
 log = logging.getLogger("imgen_jax.data")
 
 SPLITS = ("train", "validation", "test")
-
-# Slakh2100's `inst_class` vocabulary (General MIDI families, plus Drums).
-SLAKH_CLASSES = (
-    "Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Strings (continued)", "Brass",
-    "Reed", "Pipe", "Synth Lead", "Synth Pad", "Sound Effects", "Ethnic", "Percussive", "Drums",
-)
-# MoisesDB stem names -> the class names used in instructions.
-MOISESDB_CLASSES = {
-    "bass": "Bass", "drums": "Drums", "guitar": "Guitar", "piano": "Piano", "percussion": "Percussion",
-    "bowed_strings": "Bowed Strings", "wind": "Wind", "other_keys": "Other Keys", "other_plucked": "Other Plucked",
-    "other": "Other", "vocals": "Vocals",
-}
-FOUR_STEMS = ("Drums", "Bass", "Piano", "Guitar")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,18 +35,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from imgen_jax.data.tracks import FOUR_STEMS
 from imgen_jax.errors import ImgenError
+from imgen_jax.vocab import EXTRA_TASKS, FOUR_STEMS, STEM_SETS, TASKS, instruction
 
-PAPER_TASKS = ("add", "remove", "extract")
-EXTRA_TASKS = ("generate", "replace")
-INSTRUCTION = {
-    "add": "Music piece. Instruct: Add {stem}.",
-    "remove": "Music piece. Instruct: No {stem}.",
-    "extract": "Music piece. Instruct: Only {stem}.",
-    "generate": "Music piece. Instruct: Generate {stem}.",
-    "replace": "Music piece. Instruct: Replace {old} with {stem}.",
-}
+PAPER_TASKS = TASKS
 PEAK_MIN = 0.1          # official: reject a clip whose input or output peak is below this
 SILENCE_LEVEL = 0.01    # official: samples of output - input below this count as silent
 SILENT_FRACTION = 0.7   # official: reject when more than this fraction is silent
@@ -71,7 +63,7 @@ class TripletConfig:
         if bad or not self.tasks:
             hint = "" if self.extra_tasks or not set(bad) <= set(EXTRA_TASKS) else " (set extra_tasks=True for those)"
             raise ImgenError(f"data tasks {list(self.tasks)}: expected a non-empty subset of {list(allowed)}{hint}")
-        if self.stems not in ("4_stems", "all"):
+        if self.stems not in STEM_SETS:
             raise ImgenError(f"data stems {self.stems!r}: expected '4_stems' or 'all'")
         if not self.clip_seconds > 0 or self.sample_rate <= 0 or self.max_retries < 0:
             raise ImgenError("data clip_seconds and sample_rate must be positive and max_retries >= 0")
@@ -195,7 +187,7 @@ def sample_triplet(info: TrackInfo, read: StemReader, task: str, rng: np.random.
         if peak > 1.0:
             scale /= peak
         inp, out = inp * np.float32(scale), out * np.float32(scale)
-    text = INSTRUCTION[task].format(stem=target, old=old)
+    text = instruction(task, target, old)
     return Triplet(inp.astype(np.float32), out.astype(np.float32), text, task, target, info.name,
                    input_stems=tuple(in_cls), output_stems=tuple(out_cls), offset=offset, scale=float(scale),
                    retries=attempt)

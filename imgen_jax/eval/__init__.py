@@ -6,7 +6,9 @@
     fad.py         Fréchet distance of Gaussians, pooled embedding statistics
     embedders.py   built-in FAD embedders: `encodec` (the model's EnCodec latents), `logmel`
     plugins.py     plug-in embedders / CLAP / classifiers: NAME, module:factory, file.py:factory[=ARG]
-    report.py      the table as text, CSV, JSON and a bar chart
+    metrics/       the metric registry: one file per metric (name, direction, compute, where it applies)
+    scoring.py     what a metric sees (Context, Clip, Example) and the Scorer of a run
+    report.py      the table as text, CSV, JSON and a bar chart (directions / units from the registry)
     runner.py      run_eval: the evaluation set, batched edits, scoring, resume, the table
 
 Runtime code here never imports torch. CLAP score and KL need a user plug-in (no CLAP / PaSST /

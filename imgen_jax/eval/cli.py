@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from imgen_jax import vocab
+
 EVAL_HELP = """\
 Evaluate instructed edits on a deterministic set of examples drawn from a Slakh2100-layout
 dataset (imgen_jax.data.make_eval_set) with the Instruct-MusicGen paper's metrics: SI-SDR and
@@ -36,10 +38,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="FAD embedder (repeatable; default: encodec and logmel): NAME, module:factory or file.py:factory[=ARG]")
     v.add_argument("--clap", default=None, help="CLAP plug-in module:factory[=ARG] for the CLAP score")
     v.add_argument("--classifier", default=None, help="audio classifier plug-in module:factory[=ARG] for KL")
-    v.add_argument("--guidance", type=float, default=3.0)
-    v.add_argument("--top-k", type=int, default=100, help="top-k sampling of the edits (official: 100)")
-    v.add_argument("--window-frames", type=int, default=500)
-    v.add_argument("--stride-frames", type=int, default=250)
+    v.add_argument("--guidance", type=float, default=vocab.GUIDANCE_SCALE)
+    v.add_argument("--top-k", type=int, default=vocab.EDIT_TOP_K,
+                   help=f"top-k sampling of the edits (official: {vocab.EDIT_TOP_K})")
+    v.add_argument("--window-frames", type=int, default=vocab.EVAL_WINDOW_FRAMES)
+    v.add_argument("--stride-frames", type=int, default=vocab.EVAL_STRIDE_FRAMES)
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.set_defaults(func=run)
     return v
@@ -47,11 +50,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from imgen_jax.eval.runner import EvalOptions, run_eval
+    from imgen_jax.generate import SamplingConfig
 
     opts = EvalOptions(
         task=args.task, n=args.n, seed=args.seed, split=args.split, batch=args.batch, clip_seconds=args.clip_seconds,
         stems=args.stems, embedders=tuple(args.embedder) if args.embedder else ("encodec", "logmel"),
-        clap=args.clap, classifier=args.classifier, guidance=args.guidance, top_k=args.top_k,
+        clap=args.clap, classifier=args.classifier,
+        sampling=SamplingConfig.for_edit(guidance_scale=args.guidance, top_k=args.top_k, seed=args.seed),
         window_frames=args.window_frames, stride_frames=args.stride_frames,
     )
     opts.check()

@@ -41,7 +41,7 @@ class EncodecEmbedder:
     name = "encodec"
 
     def __init__(self, model_dir: str, batch: int = 8):
-        from imgen_jax.encodec import EncodecModel, load_encodec
+        from imgen_jax.models.encodec import EncodecModel, load_encodec
         from imgen_jax.modeldir import read_model_config
         from imgen_jax.xla import jit_method
 

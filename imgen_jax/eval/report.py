@@ -2,7 +2,8 @@
 
 A row is {"system": str, "n": examples averaged, "skipped": examples left out (unreadable output),
 <metric>: mean over those n (FAD: over the pooled set), ...}. Values that are not finite are
-written as empty CSV cells / JSON null.
+written as empty CSV cells / JSON null. Directions and units come from the metric registry
+(imgen_jax.eval.metrics).
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import json
 import math
 from typing import Sequence
 
+from imgen_jax.eval import metrics as registry
 from imgen_jax.files import atomic_file
-
-HIGHER_IS_BETTER = {"si_sdr": True, "si_sdri": True, "ssim": True, "clap": True, "mel_l1": False, "kl": False}
-UNITS = {"si_sdr": "dB", "si_sdri": "dB"}
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of a metric column (FAD columns `fad_*`: lower is better)."""
-    return False if metric.startswith("fad_") else HIGHER_IS_BETTER.get(metric, True)
+    """Direction of a metric column, from the metric registry (imgen_jax.eval.metrics; set metrics by their
+    `<name>_` prefix, e.g. `fad_*`: lower is better; unknown columns: higher is better)."""
+    return registry.higher_is_better(metric)
 
 
 def _finite(v):
@@ -88,7 +88,7 @@ def write_bar_chart(path: str, rows: Sequence[dict], metrics: Sequence[str], tit
         for b, v in zip(bars, vals):
             ax.annotate("n/a" if v is None else f"{v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=8)
-        unit = f" ({UNITS[m]})" if m in UNITS else ""
+        unit = f" ({registry.unit(m)})" if registry.unit(m) else ""
         ax.set_title(f"{m}{unit} {'↑' if higher_is_better(m) else '↓'}")
         ax.tick_params(axis="x", labelrotation=20)
     for k in range(len(metrics), nrows * cols):

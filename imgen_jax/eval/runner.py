@@ -25,12 +25,13 @@ mtime (and with every requested metric). A written output file that cannot be re
 empty, NaN) is reported on stderr and in eval.log and left out of its row (the table's `n` says how
 many examples each row averages; `skipped` how many were left out); delete it to have it redone.
 
-Per-example metrics (all computed on 16 kHz resampled audio, as the official evaluation; the
-output is cut or zero-padded to the target's length first): `ssim` and `mel_l1` on mel
-spectrograms (imgen_jax.eval.mel / ssim), `si_sdr` and `si_sdri` for remove / extract only (as the
-official code), `clap` / `kl` when a CLAP / classifier plug-in is given. Set metrics: `fad_<name>`
-per embedder, the Fréchet distance between the pooled Gaussian of a system's outputs and that of
-the targets.
+Metrics: those of the registry (imgen_jax.eval.metrics, one file each) that apply to the task and
+the given plug-ins. Per-example metrics (on 16 kHz resampled audio, as the official evaluation; the
+output is cut or zero-padded to the target's length first): `si_sdr` and `si_sdri` for remove /
+extract only (as the official code), `ssim` and `mel_l1` on mel spectrograms (imgen_jax.eval.mel /
+ssim), `clap` / `kl` when a CLAP / classifier plug-in is given. Set metrics: `fad_<name>` per
+embedder, the Fréchet distance between the pooled Gaussian of a system's outputs and that of the
+targets.
 
 Edits run in batches of `batch` examples with one seed for the run; batch composition changes the
 random draws, so a resumed run with a different --batch can give different (equally valid) edits.
@@ -49,12 +50,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from imgen_jax import vocab
 from imgen_jax.errors import ImgenError
+from imgen_jax.eval.metrics.clap import caption
+from imgen_jax.eval.metrics.kl import kl_softmax
+from imgen_jax.eval.scoring import EVAL_SR, Scorer
+from imgen_jax.eval.scoring import fit as _fit
+from imgen_jax.generate import SamplingConfig
 
-TASKS = ("add", "remove", "extract")
+TASKS = vocab.TASKS
 SYSTEMS = ("model", "identity", "oracle")
-SISDR_TASKS = ("remove", "extract")
-EVAL_SR = 16000  # the official evaluation resamples everything to 16 kHz
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 
@@ -62,7 +67,10 @@ RESULTS = "results.jsonl"
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """What to evaluate and how. embedders: FAD embedder specs (imgen_jax.eval.plugins); clap /
-    classifier: optional plug-in specs for the CLAP score and KL."""
+    classifier: optional plug-in specs for the CLAP score and KL. sampling: how the edits decode (the
+    shared imgen_jax.generate.SamplingConfig; default `SamplingConfig.for_edit()`: CFG 3.0, top_k 100);
+    its seed is set to `seed`. window_frames / stride_frames: the edit windows (capped at the adapters'
+    positional table)."""
 
     task: str
     n: int
@@ -74,10 +82,13 @@ class EvalOptions:
     embedders: tuple[str, ...] = ("encodec", "logmel")
     clap: str | None = None
     classifier: str | None = None
-    guidance: float = 3.0
-    top_k: int = 100  # the official Instructor's top_k
-    window_frames: int = 500
-    stride_frames: int = 250
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig.for_edit)
+    window_frames: int = vocab.EVAL_WINDOW_FRAMES
+    stride_frames: int = vocab.EVAL_STRIDE_FRAMES
+
+    def __post_init__(self):
+        if isinstance(self.sampling, SamplingConfig) and self.sampling.seed != self.seed:
+            object.__setattr__(self, "sampling", dataclasses.replace(self.sampling, seed=self.seed))
 
     def check(self) -> None:
         """One ImgenError for the first bad option."""
@@ -93,6 +104,27 @@ class EvalOptions:
             raise ImgenError(f"--stride-frames must be in 1..--window-frames ({self.window_frames}), got {self.stride_frames}")
         if len(set(self.embedders)) != len(self.embedders):
             raise ImgenError(f"an embedder is given twice: {', '.join(self.embedders)}")
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ImgenError(f"EvalOptions.sampling must be an imgen_jax.generate.SamplingConfig, "
+                             f"got {type(self.sampling).__name__}")
+
+    def edit_config(self, max_window: int):
+        """The imgen_jax.instruct.edit.EditConfig of the edits for adapters covering `max_window` frames."""
+        from imgen_jax.instruct.edit import EditConfig
+
+        window = min(self.window_frames, max_window)
+        return EditConfig(self.sampling, window_frames=window, stride_frames=min(self.stride_frames, window))
+
+    def edit_settings(self) -> dict:
+        """How the edits decode, as the manifest records it (a resumed run must match)."""
+        s = self.sampling
+        out = {"guidance": s.guidance_scale, "top_k": s.top_k, "window_frames": self.window_frames,
+               "stride_frames": self.stride_frames, "seed": self.seed}
+        default = SamplingConfig.for_edit()
+        for name in ("use_sampling", "temperature", "top_p"):  # recorded only when changed (older manifests lack them)
+            if getattr(s, name) != getattr(default, name):
+                out[name] = getattr(s, name)
+        return out
 
 
 @dataclasses.dataclass
@@ -149,14 +181,6 @@ def _check_items(items: Sequence, opts: EvalOptions) -> list:
     return items
 
 
-def caption(task: str, stem: str) -> str:
-    """CLAP text for an example: "<stem> music", as the official `evaluation/utils.py` derives it from
-    the instruction for every task (its `add` captions also list the mix's other stems, which the
-    evaluation set does not carry; for `remove` it names the removed stem, so read that CLAP
-    score as 'how much of the removed stem is still heard')."""
-    return f"{stem} music"
-
-
 # ---- files ------------------------------------------------------------------------------------
 
 
@@ -208,104 +232,39 @@ def _load_stats(path: str):
         return None
 
 
-def _fit(wav: np.ndarray, n: int) -> np.ndarray:
-    wav = np.asarray(wav, np.float32).reshape(-1)
-    return wav[:n] if wav.size >= n else np.pad(wav, (0, n - wav.size))
-
-
 def _column(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-# ---- scoring ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """One evaluation directory: where each file of an example goes."""
+
+    out_dir: str
+    sr: int
+    ids: list[str]
+    by_id: dict[str, Any]
+    cache_key: dict[str, str]  # embedder -> stats folder name (another spec, another cache)
+
+    def wav(self, d: str, i: str) -> str:
+        return os.path.join(self.out_dir, d, f"{i}.wav")
+
+    def stats(self, emb: str, d: str, i: str) -> str:
+        return os.path.join(self.out_dir, "stats", self.cache_key[emb], d, f"{i}.npz")
 
 
-class _Scorer:
-    """Per-example metrics and FAD statistics against one example's target (and input)."""
+@dataclasses.dataclass
+class _Scores:
+    """What scoring gathered: per-example metrics per system, per-clip statistics per embedder and system
+    (and "targets"), skipped outputs, how many (system, example) pairs were scored now."""
 
-    def __init__(self, task: str, sr: int, embedders: dict[str, Any], clap=None, classifier=None):
-        from imgen_jax.eval.mel import MelConfig
-
-        self.task, self.sr = task, sr
-        self.embedders, self.clap, self.classifier = embedders, clap, classifier
-        self.mel_cfg = MelConfig(sample_rate=EVAL_SR)
-        self._ref: dict[str, dict] = {}
-        self._text: dict[str, np.ndarray] = {}
-
-    def metric_names(self) -> list[str]:
-        names = (["si_sdr", "si_sdri"] if self.task in SISDR_TASKS else []) + ["ssim", "mel_l1"]
-        return names + (["clap"] if self.clap is not None else []) + (["kl"] if self.classifier is not None else [])
-
-    def reference(self, ex_id: str, inp: np.ndarray, tgt: np.ndarray, stem: str) -> dict:
-        from imgen_jax.eval.mel import mel_spectrogram, resample
-
-        if ex_id not in self._ref:
-            tgt16 = resample(tgt, self.sr, EVAL_SR)
-            ref = {"n": tgt.size, "tgt": tgt, "tgt16": tgt16, "inp16": resample(_fit(inp, tgt.size), self.sr, EVAL_SR),
-                   "mel": mel_spectrogram(tgt16, self.mel_cfg), "stem": stem}
-            if self.classifier is not None:
-                ref["logits"] = self._logits(tgt)
-            self._ref[ex_id] = ref
-        return self._ref[ex_id]
-
-    def _logits(self, wav: np.ndarray) -> np.ndarray:
-        from imgen_jax.eval.mel import resample
-
-        out = np.asarray(self.classifier([resample(wav, self.sr, self.classifier.sample_rate)]), np.float64)
-        if out.ndim != 2 or out.shape[0] != 1:
-            raise ImgenError(f"classifier {self.classifier.name!r}: expected logits [1, classes], got shape {out.shape}")
-        return out[0]
-
-    def embed_stats(self, wav: np.ndarray) -> dict[str, Any]:
-        from imgen_jax.eval.fad import GaussianStats
-        from imgen_jax.eval.mel import resample
-
-        return {name: GaussianStats.of(emb([resample(wav, self.sr, emb.sample_rate)])[0])
-                for name, emb in self.embedders.items()}
-
-    def score(self, est: np.ndarray, ref: dict) -> dict[str, float]:
-        from imgen_jax.eval.mel import mel_l1, mel_spectrogram, resample
-        from imgen_jax.eval.sisdr import si_sdr
-        from imgen_jax.eval.ssim import ssim
-
-        est = _fit(est, ref["n"])
-        est16 = resample(est, self.sr, EVAL_SR)
-        mel = mel_spectrogram(est16, self.mel_cfg)
-        m: dict[str, float] = {}
-        if self.task in SISDR_TASKS:
-            s_out, s_in = float(si_sdr(est16, ref["tgt16"])), float(si_sdr(ref["inp16"], ref["tgt16"]))
-            m["si_sdr"], m["si_sdri"] = s_out, s_out - s_in
-        m["ssim"] = ssim(mel, ref["mel"], data_range=1.0)
-        m["mel_l1"] = mel_l1(mel, ref["mel"], self.mel_cfg)
-        if self.clap is not None:
-            text = caption(self.task, ref["stem"])
-            if text not in self._text:
-                self._text[text] = np.asarray(self.clap.embed_text([text]), np.float64).reshape(-1)
-            a = np.asarray(self.clap.embed_audio([resample(est, self.sr, self.clap.sample_rate)]), np.float64).reshape(-1)
-            t = self._text[text]
-            if a.shape != t.shape:
-                raise ImgenError(f"clap {self.clap.name!r}: audio embedding {a.shape} and text embedding {t.shape} differ")
-            m["clap"] = float(a @ t / max(np.linalg.norm(a) * np.linalg.norm(t), 1e-12))
-        if self.classifier is not None:
-            m["kl"] = kl_softmax(ref["logits"], self._logits(est))
-        return m
+    per_system: dict[str, dict[str, dict]]
+    stats: dict[str, dict[str, list]]
+    skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    scored: int = 0
 
 
-def kl_softmax(logits_ref: np.ndarray, logits_est: np.ndarray) -> float:
-    """KL(softmax(logits_ref) || softmax(logits_est)) in nats: logits [C] each (the target's class
-    distribution against the output's, as audioldm_eval's `kl_softmax`, which the official evaluation
-    uses with PANNs Cnn14 logits; audioldm_eval adds 1e-6 to the output probabilities before the
-    log, we compute the exact KL)."""
-    a = np.asarray(logits_ref, np.float64)
-    b = np.asarray(logits_est, np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ImgenError(f"KL: logits shapes {a.shape} and {b.shape} differ")
-    la = a - np.logaddexp.reduce(a)
-    lb = b - np.logaddexp.reduce(b)
-    return float(np.sum(np.exp(la) * (la - lb)))
-
-
-# ---- the run ----------------------------------------------------------------------------------
+# ---- set-up -----------------------------------------------------------------------------------
 
 
 def _model_meta(model_dir: str) -> tuple[dict, int]:
@@ -329,30 +288,19 @@ def _bar(total: int, desc: str, unit: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not enabled)
 
 
-def run_eval(
-    model_dir: str, data_dir: str | None, out_dir: str, opts: EvalOptions, items: Sequence | None = None,
-    progress: bool = True, log: Callable[[str], None] | None = None, editor=None,
-) -> EvalResult:
-    """Evaluate the model of `model_dir` on `opts.n` examples of `data_dir` (or on `items`, Triplet-like
-    objects with id / input / target / instruction / stem / track) and write everything to `out_dir`.
-
-    editor: an already loaded imgen_jax.edit.Editor (else loaded from model_dir, only if some edit is pending).
-    log(message): where warnings go (default: stderr)."""
-    from imgen_jax.audio import read_audio, write_wav
-    from imgen_jax.eval import report
-    from imgen_jax.eval.fad import GaussianStats, fad
-    from imgen_jax.eval.plugins import load_plugin
-
-    log = log or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    opts.check()
-    model_dir = os.path.abspath(os.fspath(model_dir))
-    _, sr = _model_meta(model_dir)
+def _check_out_dir(out_dir) -> str:
     out_dir = os.path.abspath(os.fspath(out_dir))
     parent = os.path.dirname(out_dir)
     if not os.path.isdir(parent):
         raise ImgenError(f"{parent}: output directory's parent does not exist")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ImgenError(f"{out_dir}: exists and is not a directory")
+    return out_dir
+
+
+def _load_plugins(opts: EvalOptions, model_dir: str) -> tuple[dict, dict, dict]:
+    """(embedders by column name, their stats cache keys, {"clap", "classifier"} plug-ins or None)."""
+    from imgen_jax.eval.plugins import load_plugin
 
     embedders, cache_key = {}, {}
     for spec in opts.embedders:
@@ -362,179 +310,245 @@ def run_eval(
             raise ImgenError(f"two embedders are both named {name!r}")
         embedders[name] = emb
         cache_key[name] = f"{name}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"  # another spec, another cache
-    clap = load_plugin("clap", opts.clap, model_dir) if opts.clap else None
-    classifier = load_plugin("classifier", opts.classifier, model_dir) if opts.classifier else None
+    plugins = {kind: load_plugin(kind, spec, model_dir) if spec else None
+               for kind, spec in (("clap", opts.clap), ("classifier", opts.classifier))}
+    return embedders, cache_key, plugins
 
+
+def _check_manifest(out_dir: str, settings: dict, examples: list[dict]) -> None:
+    """Write the manifest of a new directory; refuse one holding other settings or examples."""
+    from imgen_jax.eval import report
+
+    os.makedirs(out_dir, exist_ok=True)
+    man_path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(man_path):
+        report._atomic_text(man_path, json.dumps({"settings": settings, "examples": examples}, indent=1) + "\n")
+        return
+    try:
+        with open(man_path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ImgenError(f"{man_path}: unreadable manifest ({e}); use a new --out directory") from None
+    old_settings = old.get("settings", {})
+    diff = sorted(k for k in set(settings) | set(old_settings) if settings.get(k) != old_settings.get(k))
+    if diff:
+        raise ImgenError(f"{out_dir} holds an evaluation with other settings ({', '.join(diff)}); use a new --out directory")
+    if old.get("examples") != examples:
+        raise ImgenError(f"{out_dir} holds an evaluation of other examples (the data changed); use a new --out directory")
+
+
+def _settings(opts: EvalOptions, model_dir: str, sr: int) -> dict:
+    return {"model": model_dir, "task": opts.task, "n": opts.n, "seed": opts.seed, "split": opts.split,
+            "clip_seconds": opts.clip_seconds, "stems": opts.stems, "sample_rate": sr, "edit": opts.edit_settings()}
+
+
+def _examples(items: Sequence) -> list[dict]:
+    return [{"id": _safe_id(t.id), "track": str(getattr(t, "track", "")), "stem": str(getattr(t, "stem", "")),
+             "instruction": str(t.instruction), "input_sha1": _digest(t.input), "target_sha1": _digest(t.target)}
+            for t in items]
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+
+def _write_references(run: _Run) -> None:
+    """inputs / targets (rewritten when missing or unreadable) and the identity / oracle outputs."""
+    from imgen_jax.audio import read_audio, write_wav
+
+    for d in ("inputs", "targets", *SYSTEMS):
+        os.makedirs(os.path.join(run.out_dir, d), exist_ok=True)
+    for i in run.ids:
+        t = run.by_id[i]
+        for d, a in (("inputs", t.input), ("targets", t.target)):
+            try:
+                read_audio(run.wav(d, i), run.sr)
+            except ImgenError:
+                write_wav(run.wav(d, i), np.asarray(a, np.float32), run.sr)
+        for d, a in (("identity", t.input), ("oracle", t.target)):
+            if not os.path.exists(run.wav(d, i)):
+                write_wav(run.wav(d, i), np.asarray(a, np.float32), run.sr)
+
+
+def _edit_pending(run: _Run, opts: EvalOptions, model_dir: str, editor, progress: bool) -> int:
+    """Edit the examples without a model output file, in batches of opts.batch; returns how many."""
+    pending = [i for i in run.ids if not os.path.exists(run.wav("model", i))]
+    if not pending:
+        return 0
+    from imgen_jax.instruct.edit import Editor
+
+    editor = editor or Editor.load(model_dir)
+    cfg = opts.edit_config(editor.max_window)
+    frames = {i: editor.mg.encodec.cfg.num_frames(np.asarray(run.by_id[i].input).size) for i in pending}
+    with _bar(sum(frames.values()), f"editing {len(pending)}", "frame", progress) as bar:
+        for s in range(0, len(pending), opts.batch):
+            _edit_batch(run, editor, cfg, pending[s:s + opts.batch], frames, bar)
+    return len(pending)
+
+
+def _edit_batch(run: _Run, editor, cfg, part: list[str], frames: dict[str, int], bar) -> None:
+    from imgen_jax.audio import write_wav
+
+    base, total = bar.n, sum(frames[i] for i in part)
+
+    def update(done, of):
+        bar.update(max(0, base + min(total, int(done) * total // max(int(of), 1)) - bar.n))
+
+    outs = editor.edit([np.asarray(run.by_id[i].input, np.float32)[None] for i in part],
+                       [run.by_id[i].instruction for i in part], cfg, update)
+    for i, w in zip(part, outs):
+        write_wav(run.wav("model", i), w, run.sr)
+    bar.update(base + total - bar.n)
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+
+def _score_all(run: _Run, scorer: Scorer, progress: bool) -> _Scores:
+    """Score every (system, example) not already in results.jsonl for its output file's current size and mtime."""
+    from imgen_jax.audio import read_audio
+
+    res_path = os.path.join(run.out_dir, RESULTS)
+    done = _read_results(res_path)
+    sc = _Scores({s: {} for s in SYSTEMS}, {e: {s: [] for s in (*SYSTEMS, "targets")} for e in scorer.embedders})
+    examples: dict[str, Any] = {}
+
+    def example(i: str):
+        if i not in examples:
+            tgt = read_audio(run.wav("targets", i), run.sr)[0]
+            inp = read_audio(run.wav("inputs", i), run.sr)[0]
+            examples[i] = scorer.example(tgt, inp, getattr(run.by_id[i], "stem", ""))
+        return examples[i]
+
+    work = [(s, i) for s in SYSTEMS for i in run.ids]
+    with _bar(len(work), "scoring", "clip", progress) as bar:
+        for i in run.ids:  # the targets' FAD statistics
+            for e in scorer.embedders:
+                st = _load_stats(run.stats(e, "targets", i))
+                if st is None:
+                    st = scorer.embed_stats(example(i).target.wav)[e]
+                    _save_stats(run.stats(e, "targets", i), st)
+                sc.stats[e]["targets"].append(st)
+        for s, i in work:
+            _score_one(run, scorer, sc, s, i, done.get((s, i)), res_path, example)
+            bar.update(1)
+    return sc
+
+
+def _cached(run: _Run, scorer: Scorer, rec: dict | None, sig, s: str, i: str) -> dict | None:
+    """The cached statistics of (system s, example i) when its results line is current and complete, else None."""
+    if rec is None or rec.get("sig") != sig or not all(k in rec.get("metrics", {}) for k in scorer.metric_names()):
+        return None
+    cached = {e: _load_stats(run.stats(e, s, i)) for e in scorer.embedders}
+    return None if any(v is None for v in cached.values()) else cached
+
+
+def _score_one(run: _Run, scorer: Scorer, sc: _Scores, s: str, i: str, rec: dict | None, res_path: str,
+               example: Callable[[str], Any]) -> None:
+    from imgen_jax.audio import read_audio
+
+    sig = _sig(run.wav(s, i))
+    cached = _cached(run, scorer, rec, sig, s, i)
+    if cached is not None:
+        sc.per_system[s][i] = rec["metrics"]
+        for e, st in cached.items():
+            sc.stats[e][s].append(st)
+        return
+    try:
+        est = read_audio(run.wav(s, i), run.sr)[0]
+    except ImgenError as err:
+        sc.skipped.append((s, i, str(err)))
+        return
+    ex = example(i)
+    metrics = scorer.score(est, ex)
+    st = scorer.embed_stats(_fit(est, ex.n))
+    for e in scorer.embedders:
+        _save_stats(run.stats(e, s, i), st[e])
+        sc.stats[e][s].append(st[e])
+    _append_result(res_path, {"system": s, "id": i, "sig": sig, "metrics": metrics})
+    sc.per_system[s][i] = metrics
+    sc.scored += 1
+
+
+def _log_skipped(out_dir: str, skipped: list[tuple[str, str, str]], log: Callable[[str], None]) -> None:
+    if not skipped:
+        return
+    with open(os.path.join(out_dir, "eval.log"), "a") as f:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for s, i, why in skipped:
+            f.write(f"{stamp} skipped {s}/{i}.wav: {why}\n")
+    for s, i, why in skipped:
+        log(f"skipped {s}/{i}.wav (not averaged; delete it to redo it): {why}")
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+
+def _row(s: str, sc: _Scores, scorer: Scorer) -> dict[str, Any]:
+    """System s's row: n, skipped, the mean of each per-example metric, each set metric per embedder."""
+    vals = sc.per_system[s]
+    row: dict[str, Any] = {"system": s, "n": len(vals), "skipped": sum(1 for x in sc.skipped if x[0] == s)}
+    for m in scorer.metric_names():
+        row[m] = float(np.mean([v[m] for v in vals.values()])) if vals else float("nan")
+    for col, metric, e in scorer.set_columns():
+        ok = sc.stats[e][s]
+        row[col] = metric.compute(ok, sc.stats[e]["targets"]) if ok else float("nan")
+    return row
+
+
+def _write_table(run: _Run, opts: EvalOptions, scorer: Scorer, sc: _Scores, settings: dict,
+                 edited: int) -> EvalResult:
+    from imgen_jax.eval import report
+
+    columns = scorer.metric_names() + [c for c, _, _ in scorer.set_columns()]
+    rows = [_row(s, sc, scorer) for s in SYSTEMS]
+    info = {"settings": settings, "n_examples": len(run.ids), "embedders": list(scorer.embedders),
+            "skipped": [{"system": s, "id": i, "reason": r} for s, i, r in sc.skipped],
+            "notes": ["per-example metrics on 16 kHz audio; SSIM on mel power spectrograms with data_range 1 (official)",
+                      "FAD: Fréchet distance of pooled frame embeddings, system outputs vs targets"]}
+    out = lambda name: os.path.join(run.out_dir, name)
+    paths = {
+        "csv": report.write_csv(out("table.csv"), rows, columns),
+        "json": report.write_json(out("table.json"), rows, columns, info),
+        "png": report.write_bar_chart(out("table.png"), rows, columns,
+                                      f"{opts.task}: {len(run.ids)} examples ({opts.split})"),
+    }
+    return EvalResult(rows, columns, sc.skipped, edited, sc.scored, paths, report.format_table(rows, columns))
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+def run_eval(
+    model_dir: str, data_dir: str | None, out_dir: str, opts: EvalOptions, items: Sequence | None = None,
+    progress: bool = True, log: Callable[[str], None] | None = None, editor=None,
+) -> EvalResult:
+    """Evaluate the model of `model_dir` on `opts.n` examples of `data_dir` (or on `items`, Triplet-like
+    objects with id / input / target / instruction / stem / track) and write everything to `out_dir`.
+
+    editor: an already loaded imgen_jax.instruct.edit.Editor (else loaded from model_dir, only if some edit is pending).
+    log(message): where warnings go (default: stderr)."""
+    log = log or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    opts.check()
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    _, sr = _model_meta(model_dir)
+    out_dir = _check_out_dir(out_dir)
+    embedders, cache_key, plugins = _load_plugins(opts, model_dir)
     if items is None:
         if data_dir is None:
             raise ImgenError("give a data directory or the evaluation items")
         items = load_eval_set(os.fspath(data_dir), opts, sr)
     items = _check_items(items, opts)
-
-    # -- manifest: the same settings and examples, or refuse to mix results
-    settings = {
-        "model": model_dir, "task": opts.task, "n": opts.n, "seed": opts.seed, "split": opts.split,
-        "clip_seconds": opts.clip_seconds, "stems": opts.stems, "sample_rate": sr,
-        "edit": {"guidance": opts.guidance, "top_k": opts.top_k, "window_frames": opts.window_frames,
-                 "stride_frames": opts.stride_frames, "seed": opts.seed},
-    }
-    examples = [{"id": _safe_id(t.id), "track": str(getattr(t, "track", "")), "stem": str(getattr(t, "stem", "")),
-                 "instruction": str(t.instruction), "input_sha1": _digest(t.input), "target_sha1": _digest(t.target)}
-                for t in items]
-    os.makedirs(out_dir, exist_ok=True)
-    man_path = os.path.join(out_dir, MANIFEST)
-    if os.path.isfile(man_path):
-        try:
-            with open(man_path) as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ImgenError(f"{man_path}: unreadable manifest ({e}); use a new --out directory") from None
-        diff = sorted(k for k in set(settings) | set(old.get("settings", {})) if settings.get(k) != old.get("settings", {}).get(k))
-        if diff:
-            raise ImgenError(f"{out_dir} holds an evaluation with other settings ({', '.join(diff)}); use a new --out directory")
-        if old.get("examples") != examples:
-            raise ImgenError(f"{out_dir} holds an evaluation of other examples (the data changed); use a new --out directory")
-    else:
-        report._atomic_text(man_path, json.dumps({"settings": settings, "examples": examples}, indent=1) + "\n")
-
+    settings, examples = _settings(opts, model_dir, sr), _examples(items)
+    _check_manifest(out_dir, settings, examples)  # the same settings and examples, or refuse to mix results
     ids = [e["id"] for e in examples]
-    by_id = dict(zip(ids, items))
-    path = lambda d, i: os.path.join(out_dir, d, f"{i}.wav")
-    for d in ("inputs", "targets", *SYSTEMS):
-        os.makedirs(os.path.join(out_dir, d), exist_ok=True)
-
-    # -- inputs / targets (ours: rewritten when missing or unreadable), identity / oracle outputs
-    for i in ids:
-        t = by_id[i]
-        for d, a in (("inputs", t.input), ("targets", t.target)):
-            p = path(d, i)
-            try:
-                read_audio(p, sr)
-            except ImgenError:
-                write_wav(p, np.asarray(a, np.float32), sr)
-        for d, a in (("identity", t.input), ("oracle", t.target)):
-            if not os.path.exists(path(d, i)):
-                write_wav(path(d, i), np.asarray(a, np.float32), sr)
-
-    # -- model edits: only examples without an output file
-    pending = [i for i in ids if not os.path.exists(path("model", i))]
-    edited = 0
-    if pending:
-        from imgen_jax.edit import EditConfig, Editor
-
-        editor = editor or Editor.load(model_dir)
-        window = min(opts.window_frames, editor.max_window)
-        cfg = EditConfig(seed=opts.seed, guidance_scale=opts.guidance, top_k=opts.top_k, window_frames=window,
-                         stride_frames=min(opts.stride_frames, window))
-        frames = {i: editor.mg.encodec.cfg.num_frames(np.asarray(by_id[i].input).size) for i in pending}
-        with _bar(sum(frames.values()), f"editing {len(pending)}", "frame", progress) as bar:
-            for s in range(0, len(pending), opts.batch):
-                part = pending[s:s + opts.batch]
-                base = bar.n
-                total = sum(frames[i] for i in part)
-
-                def update(done, of, _base=base, _total=total):
-                    bar.update(max(0, _base + min(_total, int(done) * _total // max(int(of), 1)) - bar.n))
-
-                outs = editor.edit([np.asarray(by_id[i].input, np.float32)[None] for i in part],
-                                   [by_id[i].instruction for i in part], cfg, update)
-                for i, w in zip(part, outs):
-                    write_wav(path("model", i), w, sr)
-                edited += len(part)
-                bar.update(base + total - bar.n)
-
-    # -- per-example scoring (resumable through results.jsonl)
-    scorer = _Scorer(opts.task, sr, embedders, clap, classifier)
-    names = scorer.metric_names()
-    res_path = os.path.join(out_dir, RESULTS)
-    done = _read_results(res_path)
-    stats_path = lambda emb, d, i: os.path.join(out_dir, "stats", cache_key[emb], d, f"{i}.npz")
-    skipped: list[tuple[str, str, str]] = []
-    per_system: dict[str, dict[str, dict]] = {s: {} for s in SYSTEMS}
-    stats: dict[str, dict[str, list]] = {e: {s: [] for s in (*SYSTEMS, "targets")} for e in embedders}
-    scored = 0
-    refs_loaded: dict[str, dict] = {}
-
-    def ref_of(i: str) -> dict:
-        if i not in refs_loaded:
-            tgt = read_audio(path("targets", i), sr)[0]
-            inp = read_audio(path("inputs", i), sr)[0]
-            refs_loaded[i] = scorer.reference(i, inp, tgt, by_id[i].stem if hasattr(by_id[i], "stem") else "")
-        return refs_loaded[i]
-
-    work = [(s, i) for s in SYSTEMS for i in ids]
-    with _bar(len(work), "scoring", "clip", progress) as bar:
-        for i in ids:  # the targets' FAD statistics
-            for e in embedders:
-                st = _load_stats(stats_path(e, "targets", i))
-                if st is None:
-                    st = scorer.embed_stats(ref_of(i)["tgt"])[e]
-                    _save_stats(stats_path(e, "targets", i), st)
-                stats[e]["targets"].append(st)
-        for s, i in work:
-            p = path(s, i)
-            sig = _sig(p)
-            rec = done.get((s, i))
-            cached = None
-            if rec is not None and rec.get("sig") == sig and all(k in rec.get("metrics", {}) for k in names):
-                cached = {e: _load_stats(stats_path(e, s, i)) for e in embedders}
-                if any(v is None for v in cached.values()):
-                    cached = None
-            if cached is not None:
-                per_system[s][i] = rec["metrics"]
-                for e in embedders:
-                    stats[e][s].append(cached[e])
-                bar.update(1)
-                continue
-            try:
-                est = read_audio(p, sr)[0]
-            except ImgenError as err:
-                skipped.append((s, i, str(err)))
-                bar.update(1)
-                continue
-            metrics = scorer.score(est, ref_of(i))
-            st = scorer.embed_stats(_fit(est, ref_of(i)["n"]))
-            for e in embedders:
-                _save_stats(stats_path(e, s, i), st[e])
-                stats[e][s].append(st[e])
-            _append_result(res_path, {"system": s, "id": i, "sig": sig, "metrics": metrics})
-            per_system[s][i] = metrics
-            scored += 1
-            bar.update(1)
-
-    if skipped:
-        with open(os.path.join(out_dir, "eval.log"), "a") as f:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            for s, i, why in skipped:
-                f.write(f"{stamp} skipped {s}/{i}.wav: {why}\n")
-        for s, i, why in skipped:
-            log(f"skipped {s}/{i}.wav (not averaged; delete it to redo it): {why}")
-
-    # -- the table
-    fad_cols = [f"fad_{e}" for e in embedders]
-    columns = names + fad_cols
-    rows = []
-    for s in SYSTEMS:
-        vals = per_system[s]
-        row: dict[str, Any] = {"system": s, "n": len(vals), "skipped": sum(1 for x in skipped if x[0] == s)}
-        for m in names:
-            row[m] = float(np.mean([v[m] for v in vals.values()])) if vals else float("nan")
-        for e in embedders:
-            ok = stats[e][s]
-            row[f"fad_{e}"] = fad(GaussianStats.pool(ok), GaussianStats.pool(stats[e]["targets"])) if ok else float("nan")
-        rows.append(row)
-    text = report.format_table(rows, columns)
-    info = {"settings": settings, "n_examples": len(ids), "embedders": list(embedders),
-            "skipped": [{"system": s, "id": i, "reason": r} for s, i, r in skipped],
-            "notes": ["per-example metrics on 16 kHz audio; SSIM on mel power spectrograms with data_range 1 (official)",
-                      "FAD: Fréchet distance of pooled frame embeddings, system outputs vs targets"]}
-    paths = {
-        "csv": report.write_csv(os.path.join(out_dir, "table.csv"), rows, columns),
-        "json": report.write_json(os.path.join(out_dir, "table.json"), rows, columns, info),
-        "png": report.write_bar_chart(os.path.join(out_dir, "table.png"), rows, columns,
-                                      f"{opts.task}: {len(ids)} examples ({opts.split})"),
-    }
-    return EvalResult(rows, columns, skipped, edited, scored, paths, text)
+    run = _Run(out_dir, sr, ids, dict(zip(ids, items)), cache_key)
+    _write_references(run)
+    edited = _edit_pending(run, opts, model_dir, editor, progress)
+    scorer = Scorer(opts.task, sr, embedders, **plugins)
+    sc = _score_all(run, scorer, progress)
+    _log_skipped(out_dir, sc.skipped, log)
+    return _write_table(run, opts, scorer, sc, settings, edited)
 
 
-__all__ = ["EvalOptions", "EvalResult", "run_eval", "load_eval_set", "kl_softmax", "caption", "TASKS", "SYSTEMS"]
+__all__ = ["EvalOptions", "EvalResult", "run_eval", "load_eval_set", "kl_softmax", "caption", "TASKS", "SYSTEMS",
+           "EVAL_SR"]

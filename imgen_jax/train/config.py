@@ -12,11 +12,14 @@ import os
 
 import ml_collections
 
+from imgen_jax import vocab
 from imgen_jax.errors import ImgenError
+from imgen_jax.vocab import TASKS
 
-TASKS = ("add", "remove", "extract")
 DATA_SOURCES = ("triplets", "synthetic")
 DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "dots", "full")
+BASE_SIZES = ("", "small", "medium", "large")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,7 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.base_dir = ""           # converted MusicGen directory (`imgen convert`): lm + encodec + t5 + spiece.model
+    c.model.base_size = ""          # "small" | "medium" | "large": the base `imgen plan` compiles (no weights); "" = base_dir's
+    c.model.remat = "none"          # layer rematerialisation in training: "none" | "dots" (keep matmul outputs) | "full"
     c.model.frozen_dtype = "float32"  # "bfloat16": the frozen LM and T5 weights and compute in bf16 (EnCodec stays fp32)
+    c.model.fusion = "both"         # "both" (official: audio fusion + text LoRA) | "audio" (no LoRA) | "text" (no audio fusion)
     c.model.adapter_layers = -1     # audio fusion on the last N LM layers; -1 = all (official)
     c.model.lora_r = 32
     c.model.lora_alpha = 64.0
@@ -69,8 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.samples.every = 1000          # edited samples every N steps (0 = never; always at the end when > 0)
     c.samples.count = 2             # validation clips edited each time
     c.samples.seconds = 0.0         # length of the edited excerpt; 0 = the whole clip
-    c.samples.top_k = 250
-    c.samples.guidance = 3.0
+    c.samples.top_k = vocab.GENERATE_TOP_K
+    c.samples.guidance = vocab.GUIDANCE_SCALE
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 500        # save every N steps (and at the end)
@@ -80,7 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1                # mesh axis sizes; one of them may be -1 = the remaining devices
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
-    c.mesh.distributed = False      # call jax.distributed.initialize() (multi-host; coordinator from the environment)
+    c.mesh.fsdp_frozen = True       # split the frozen base over fsdp too (False: only adapters + optimizer state)
+    c.mesh.distributed = False      # call jax.distributed.initialize() (multi-host / multi-process; see train/mesh.py)
+    c.mesh.coordinator = ""         # distributed: process 0's "host:port"; "" = $JAX_COORDINATOR_ADDRESS, else auto
+    c.mesh.num_processes = 0        # distributed: number of processes; 0 = $JAX_NUM_PROCESSES, else auto
+    c.mesh.process_id = -1          # distributed: this process, 0..num_processes-1; -1 = $JAX_PROCESS_ID, else auto
+    c.mesh.init_timeout = 300       # distributed: seconds to wait for all processes (start-up, compiling, final save)
+    c.mesh.heartbeat_timeout = 100  # distributed: seconds until a silent (killed) process is lost: the others exit
     c.mesh.rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))  # logical axis -> mesh axis
 
     c.output = ml_collections.ConfigDict()
@@ -98,6 +110,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(isinstance(c.model.base_dir, str) and bool(c.model.base_dir), "model.base_dir",
          "not set; pass --config.model.base_dir=DIR (a converted MusicGen directory, `imgen convert`)")
     need(c.model.frozen_dtype in DTYPES, "model.frozen_dtype", f"{c.model.frozen_dtype!r} is not one of {DTYPES}")
+    need(c.model.remat in REMAT, "model.remat", f"{c.model.remat!r} is not one of {REMAT}")
+    need(c.model.base_size in BASE_SIZES, "model.base_size", f"{c.model.base_size!r} is not one of {BASE_SIZES}")
+    from imgen_jax.instruct.fusion import MODES as FUSION_MODES
+
+    need(c.model.fusion in FUSION_MODES, "model.fusion", f"{c.model.fusion!r} is not one of {FUSION_MODES}")
     need(c.model.adapter_layers == -1 or c.model.adapter_layers >= 1, "model.adapter_layers", "must be -1 (all) or >= 1")
     need(c.model.lora_r >= 1, "model.lora_r", "must be >= 1")
     need(c.model.pos_emb_frames >= 2, "model.pos_emb_frames", "must be >= 2")
@@ -135,6 +152,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"{rule!r} must be (logical_axis, 'data' | 'fsdp' | 'tensor' | None)")
 
 
+def samples_sampling(c: ml_collections.ConfigDict):
+    """The decoding settings of the training samples (`samples.top_k`, `samples.guidance`, the rest the edit
+    defaults) as the shared imgen_jax.generate.SamplingConfig; the sample writer sets the seed per step."""
+    from imgen_jax.generate import SamplingConfig
+
+    return SamplingConfig.for_edit(top_k=int(c.samples.top_k), guidance_scale=float(c.samples.guidance))
+
+
 def to_json(c: ml_collections.ConfigDict) -> dict:
     """The config as a JSON-ready dict (tuples become lists)."""
     return json.loads(c.to_json())
@@ -144,4 +169,19 @@ def output_model_dir(c: ml_collections.ConfigDict) -> str:
     return os.path.abspath(c.output.model_dir or os.path.join(c.workdir, "model"))
 
 
-__all__ = ["base_config", "validate", "to_json", "output_model_dir", "TASKS"]
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file `name` in the folder of `config_file` (a config that derives from
+    another, e.g. configs/moisesdb.py from configs/slakh.py; config files are loaded by path, not imported)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    if not os.path.isfile(path):
+        raise ImgenError(f"{config_file}: derives from {path}, which does not exist")
+    spec = importlib.util.spec_from_file_location(f"_imgen_config_{os.path.splitext(name)[0]}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+__all__ = ["base_config", "validate", "samples_sampling", "to_json", "output_model_dir", "sibling_config", "TASKS"]

@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 
 from imgen_jax.errors import ImgenError
+from imgen_jax.vocab import FOUR_STEMS, TASKS, instruction
 
-SYNTHETIC_STEMS = ("Drums", "Bass", "Piano", "Guitar")
-_VERB = {"add": "Add", "remove": "No", "extract": "Only"}
+SYNTHETIC_STEMS = FOUR_STEMS
 
 
 class SyntheticTriplets:
@@ -27,7 +27,7 @@ class SyntheticTriplets:
     official instruction text follow the task (add: input lacks the stem, target has it; remove:
     the reverse; extract: target is the stem alone). Batch n depends only on (seed, shard, n)."""
 
-    def __init__(self, batch_size: int, num_samples: int, sample_rate: int, tasks=("add", "remove", "extract"),
+    def __init__(self, batch_size: int, num_samples: int, sample_rate: int, tasks=TASKS,
                  seed: int = 0, shard_index: int = 0, shard_count: int = 1):
         self.batch_size, self.num_samples, self.sample_rate = batch_size, num_samples, sample_rate
         self.tasks, self.seed, self.shard_index, self.shard_count = tuple(tasks), seed, shard_index, shard_count
@@ -63,7 +63,7 @@ class SyntheticTriplets:
             inp, tgt = {"add": (rest, full), "remove": (full, rest), "extract": (full, stems[k])}[task]
             rows["input"].append(inp)
             rows["target"].append(tgt)
-            rows["instruction"].append(f"Music piece. Instruct: {_VERB[task]} {SYNTHETIC_STEMS[k]}.")
+            rows["instruction"].append(instruction(task, SYNTHETIC_STEMS[k]))
             rows["task"].append(task)
             rows["stem"].append(SYNTHETIC_STEMS[k])
         rows["input"] = np.stack(rows["input"]).astype(np.float32)

@@ -8,7 +8,14 @@
 Determinism: the adapters' init comes from `seed`; the data order from (seed, step) inside the loaders,
 whose states are checkpointed; the edited samples use fold_in(seed, step). A run killed at any point
 and restarted with the same config resumes from its last checkpoint and reproduces the uninterrupted
-run's losses and parameters bit for bit (same device count and backend).
+run's losses and parameters bit for bit (same process count, device count and backend;
+tests/test_train.py, tests/test_multihost.py).
+
+Multi-process runs (`mesh.distributed`, see mesh.maybe_initialize_distributed): the mesh spans every
+process's devices; process p reads shard p of the data (B / processes rows per step) and the global
+batch is assembled from the shards; every process saves and restores the checkpoints (each its own
+data-iterator state); the steps are compiled ahead of time and first run once every process has
+compiled them; process 0 writes metrics, samples and the output model directory.
 """
 
 from __future__ import annotations
@@ -28,13 +35,21 @@ from imgen_jax.train import config as cfglib
 from imgen_jax.train import mesh as meshlib
 from imgen_jax.train.data import encode_batch, make_loader, num_samples
 from imgen_jax.train.step import (
-    fusion_config, init_params, load_base, make_optimizer, make_steps, opt_state_shardings, step_options,
+    fusion_config, init_params, load_base, make_optimizer, make_steps, step_options, step_shardings,
     tokens_per_step,
 )
 
 
 def _check_base(config: ml_collections.ConfigDict, base, fcfg) -> int:
     """Frames per clip; ImgenError when the data and the base model do not fit each other."""
+    size = str(config.model.get("base_size", "") or "")
+    if size:  # the size `imgen plan` compiled must be the one trained
+        from imgen_jax.models.lm import LMConfig
+
+        want, got = LMConfig.preset(size), base.lm_cfg
+        if (want.dim, want.num_layers, want.num_heads) != (got.dim, got.num_layers, got.num_heads):
+            raise ImgenError(f"config.model.base_size: {size!r}, but {base.model_dir} holds an LM of width {got.dim} "
+                             f"with {got.num_layers} layers (set base_size to its size, or '')")
     sr = base.encodec_cfg.sampling_rate
     if int(config.data.sample_rate) != sr:
         raise ImgenError(f"config.data.sample_rate: {config.data.sample_rate} Hz, but the base model's EnCodec runs "
@@ -58,7 +73,7 @@ def to_host(tree):
 def save_model_dir(out_dir: str, base_dir: str, fcfg, params) -> str:
     """Copy the base model directory to `out_dir` (atomically: temp sibling, then rename) and add the
     trained adapters; the base directory is never modified."""
-    from imgen_jax.fusion import save_adapters
+    from imgen_jax.instruct.fusion import save_adapters
 
     from flax.traverse_util import flatten_dict
 
@@ -77,10 +92,27 @@ def save_model_dir(out_dir: str, base_dir: str, fcfg, params) -> str:
     return out_dir
 
 
+class _CompiledTogether:
+    """A jitted step of a multi-process run, compiled on its first call (ahead of time, `lower().compile()`)
+    and first run only once every process has compiled it (`meshlib.wait_for_all_processes`, up to
+    `timeout_s`): processes whose compilations take very different times (one finds the program in
+    the persistent compilation cache, another compiles it) then enter the step's collectives together.
+    The same program as calling the jitted function."""
+
+    def __init__(self, fn, name: str, timeout_s: int):
+        self.fn, self.name, self.timeout_s, self.compiled = fn, name, timeout_s, None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = self.fn.lower(*args).compile()
+            meshlib.wait_for_all_processes(f"imgen_compiled_{self.name}", self.timeout_s)
+        return self.compiled(*args)
+
+
 def _specs(shardings) -> dict[str, str]:
     """{param name: PartitionSpec as text} of a tree of NamedShardings."""
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
-    return {meshlib._name("", p): str(tuple(s.spec)) for p, s in flat}
+    return {meshlib.param_name(p): str(tuple(s.spec)) for p, s in flat}
 
 
 def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True) -> dict:
@@ -90,7 +122,7 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
     from imgen_jax.train.metrics import MetricsLogger
 
     cfglib.validate(config)
-    meshlib.maybe_initialize_distributed(bool(config.mesh.distributed))
+    meshlib.maybe_initialize_distributed(config.mesh)  # first: before anything touches a device
     mesh = meshlib.make_mesh({a: config.mesh[a] for a in meshlib.AXES}, devices)
     pid, nproc = jax.process_index(), jax.process_count()
     B = int(config.train.batch_size)
@@ -113,18 +145,19 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
     os.makedirs(workdir, exist_ok=True)
 
     rules = [tuple(r) for r in config.mesh.rules]
-    rep = meshlib.replicated(mesh)
     ad_def, params = init_params(fcfg, int(config.seed))
     optimizer, schedule = make_optimizer(config.train)
-    param_sh = meshlib.tree_shardings(params, mesh, rules, "adapters")
-    frozen_sh = {k: meshlib.tree_shardings(v, mesh, rules, k) for k, v in base.frozen.items()}
-    opt_sh = opt_state_shardings(optimizer, params, param_sh, rep)
-    shardings = {"params": param_sh, "opt_state": opt_sh, "frozen": frozen_sh,
-                 "batch": meshlib.batch_sharding(mesh), "replicated": rep}
-    params = jax.device_put(params, param_sh)
+    shardings = step_shardings(mesh, rules, ad_def, params, base, optimizer, bool(config.mesh.fsdp_frozen))
+    param_sh, opt_sh, frozen_sh = shardings["params"], shardings["opt_state"], shardings["frozen"]
+    params = meshlib.put_global(params, param_sh)
     opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
-    base.frozen = jax.device_put(base.frozen, frozen_sh)
+    base.frozen = meshlib.put_global(base.frozen, frozen_sh)
     steps = make_steps(base, ad_def, optimizer, schedule, step_options(config), shardings)
+    train_step, eval_step = steps.train, steps.eval
+    if nproc > 1:
+        wait_s = meshlib.distributed_settings(config.mesh)["init_timeout"]
+        train_step = _CompiledTogether(train_step, "train", wait_s)
+        eval_step = _CompiledTogether(eval_step, "eval", wait_s)
 
     train_it = make_loader(config, config.data.train_split, B // nproc, int(config.seed), pid, nproc)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), int(config.checkpoint.keep))
@@ -134,6 +167,9 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
     latest = ckpt.latest_step()
     if latest is not None:
         params, opt_state, start, data_state, _ = ckpt.restore(latest, params, opt_state)
+        if f"train_{pid}" not in data_state:
+            raise ImgenError(f"{ckpt.directory}/{latest}: the checkpoint holds the data states {sorted(data_state)}, "
+                             f"this run is process {pid} of {nproc} (resume with the process count that saved it)")
         train_it.set_state(data_state[f"train_{pid}"])
         logger.truncate_after(start)
         print(f"resumed from {ckpt.directory}/{latest} (step {start})", file=sys.stderr)
@@ -148,7 +184,7 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
         vals = []
         for _ in range(int(config.eval.batches)):
             local = encode_batch(next(it), base.tokenizer, int(config.data.text_max_length), n_samples)
-            vals.append(steps.eval(params, base.frozen, meshlib.global_batch(local, mesh, int(config.eval.batch_size))))
+            vals.append(eval_step(params, base.frozen, meshlib.global_batch(local, mesh, int(config.eval.batch_size))))
         evals[step] = float(np.mean([float(v) for v in vals]))
         logger.log(step, "eval", {"loss": evals[step]}, printer=_write)
 
@@ -167,8 +203,7 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
         it = make_loader(config, config.data.eval_split, int(config.samples.count), int(config.seed), 0, 1)
         seed = int(jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), step), (), 0, 2**31 - 1))
         write_samples(os.path.join(workdir, "samples", f"step_{step:06d}"), sample_cache["mg"], ad_def, host_params, next(it), seed,
-                      int(config.samples.count), float(config.samples.seconds), int(config.samples.top_k),
-                      float(config.samples.guidance))
+                      int(config.samples.count), float(config.samples.seconds), cfglib.samples_sampling(config))
 
     def save(step: int) -> None:
         ckpt.save(step, params, opt_state, {f"train_{pid}": train_it.get_state()}, cfg_json)
@@ -190,7 +225,7 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
         while step < total:
             local = encode_batch(next(train_it), base.tokenizer, int(config.data.text_max_length), n_samples)
             batch = meshlib.global_batch(local, mesh, B)
-            params, opt_state, metrics = steps.train(params, opt_state, base.frozen, batch, jnp.asarray(step, jnp.int32))
+            params, opt_state, metrics = train_step(params, opt_state, base.frozen, batch, jnp.asarray(step, jnp.int32))
             step += 1
             pending.append((step, metrics))
             if t_win is None:  # the first step of this process includes compilation: not timed
@@ -237,6 +272,8 @@ def train(config: ml_collections.ConfigDict, devices=None, progress: bool = True
     if pid == 0:
         model_dir = save_model_dir(cfglib.output_model_dir(config), base_dir, fcfg, host_params)
         print(f"trained model directory: {model_dir}", file=sys.stderr)
+    if nproc > 1:  # the others wait for process 0's model directory: then all shut down together
+        meshlib.wait_for_all_processes("imgen_train_end", meshlib.distributed_settings(config.mesh)["init_timeout"])
     return {"step": step, "losses": losses, "eval": evals, "model_dir": model_dir, "params": host_params,
             "steps_per_s": (n_all / t_steps) if t_steps > 0 and n_all else None,
             "seconds": time.perf_counter() - t_run,

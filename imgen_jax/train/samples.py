@@ -1,11 +1,12 @@
 """Edited samples with the current adapters: wav files and a before / target / after spectrogram PNG.
 
-Runs the real editing path (`imgen_jax.edit.Editor`: windowed KV-cached decoding with CFG, the LoRA
+Runs the real editing path (`imgen_jax.instruct.edit.Editor`: windowed KV-cached decoding with CFG, the LoRA
 merged) on a few validation clips, on process 0 only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -16,11 +17,13 @@ from imgen_jax.audio import save_spectrograms, write_wav
 
 
 def write_samples(out_dir: str, mg, ad_def, params, batch: dict, seed: int, count: int, seconds: float,
-                  top_k: int, guidance: float) -> list[str]:
+                  sampling) -> list[str]:
     """Edit the first `count` clips of `batch` (a host-local loader batch) with the base model `mg`
-    (imgen_jax.api.MusicGen, float32) and the adapter parameters `params` (host arrays, pure dict);
-    writes NN_{input,target,edited}.wav and NN.png under out_dir; returns the written paths."""
-    from imgen_jax.edit import EditConfig, Editor
+    (imgen_jax.api.MusicGen, float32) and the adapter parameters `params` (host arrays, pure dict),
+    decoding with `sampling` (imgen_jax.generate.SamplingConfig, `train.config.samples_sampling`; seed
+    replaced by `seed`, top_k capped at the codebook size); writes NN_{input,target,edited}.wav and
+    NN.png under out_dir; returns the written paths."""
+    from imgen_jax.instruct.edit import EditConfig, Editor
 
     if count <= 0:
         return []
@@ -32,8 +35,9 @@ def write_samples(out_dir: str, mg, ad_def, params, batch: dict, seed: int, coun
     n = batch["input"].shape[1] if seconds <= 0 else min(batch["input"].shape[1], int(seconds * sr))
     frames = encodec.cfg.num_frames(n)
     window = min(frames, editor.max_window)
-    cfg = EditConfig(seed=seed, top_k=min(top_k, lm.cfg.card), guidance_scale=guidance,
-                     window_frames=window, stride_frames=max(1, window // 2))
+    top_k = min(sampling.top_k, lm.cfg.card) if sampling.top_k else sampling.top_k
+    cfg = EditConfig(dataclasses.replace(sampling, seed=seed, top_k=top_k), window_frames=window,
+                     stride_frames=max(1, window // 2))
     count = min(count, len(batch["instruction"]))
     wavs = [np.asarray(batch["input"][i, :n], np.float32)[None] for i in range(count)]
     edited = editor.edit(wavs, list(batch["instruction"][:count]), cfg)

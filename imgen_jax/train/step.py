@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from imgen_jax.errors import ImgenError
-from imgen_jax.fusion import FusionConfig, InstructAdapters, init_adapters
+from imgen_jax.instruct.fusion import FusionConfig, InstructAdapters, init_adapters
 from imgen_jax.instruct import instruct_loss
-from imgen_jax.lm import MusicGenLM
+from imgen_jax.models.lm import MusicGenLM
 
 Pure = Any  # nested dict of arrays (nnx.to_pure_dict of a module state)
 
@@ -58,10 +59,10 @@ class BaseModels:
 
 def load_base(model_dir: str, frozen_dtype: str = "float32") -> BaseModels:
     """LM, EnCodec, T5 and tokenizer of a converted MusicGen directory; ImgenError naming what is missing."""
-    from imgen_jax.encodec import load_encodec
-    from imgen_jax.lm import load_lm
+    from imgen_jax.models.encodec import load_encodec
+    from imgen_jax.models.lm import load_lm
     from imgen_jax.modeldir import read_model_config
-    from imgen_jax.t5 import load_t5
+    from imgen_jax.models.t5 import load_t5
 
     meta = read_model_config(model_dir)
     missing = [c for c in ("lm", "encodec", "t5") if c not in meta]
@@ -83,11 +84,13 @@ def load_base(model_dir: str, frozen_dtype: str = "float32") -> BaseModels:
 
 
 def fusion_config(config: ml_collections.ConfigDict, lm_cfg) -> FusionConfig:
+    """The adapters the config trains (`model.fusion`: both | audio | text; sizes from `model.*`)."""
     layers = None if config.model.adapter_layers == -1 else int(config.model.adapter_layers)
     if layers is not None and layers > lm_cfg.num_layers:
         raise ImgenError(f"config.model.adapter_layers: {layers} exceeds the LM's {lm_cfg.num_layers} layers")
     return FusionConfig.for_lm(lm_cfg, adapter_layers=layers, lora_r=int(config.model.lora_r),
-                               lora_alpha=float(config.model.lora_alpha), pos_emb_frames=int(config.model.pos_emb_frames))
+                               lora_alpha=float(config.model.lora_alpha), pos_emb_frames=int(config.model.pos_emb_frames),
+                               mode=str(config.model.get("fusion", "both")))
 
 
 def init_params(fcfg: FusionConfig, seed: int) -> tuple[Any, Pure]:
@@ -152,17 +155,19 @@ class StepOptions:
     the whole batch at once, since every clip has the same number of valid positions). text_dropout: the
     probability that a micro-batch trains with the null text (every description None: all-zero memory), the
     official classifier-free-guidance dropout of the LM in train mode. seed: of the dropout draws
-    (fold_in(seed, update, micro-batch))."""
+    (fold_in(seed, update, micro-batch)). remat: rematerialisation of the scanned layer bodies of the LM and
+    of the audio-fusion pass ("none" | "dots" | "full", `imgen_jax.models.lm.remat_body`)."""
 
     mask_text_padding: bool = True
     grad_accum: int = 1
     text_dropout: float = 0.0
     seed: int = 0
+    remat: str = "none"
 
 
 def step_options(config: ml_collections.ConfigDict) -> StepOptions:
     return StepOptions(bool(config.model.mask_text_padding), int(config.train.grad_accum),
-                       float(config.model.text_dropout), int(config.seed))
+                       float(config.model.text_dropout), int(config.seed), str(config.model.get("remat", "none")))
 
 
 @dataclasses.dataclass
@@ -187,24 +192,47 @@ def micro_batches(batch: dict, n: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def batch_constraint(batch_sharding: NamedSharding | None, lead: int = 0) -> Callable[[jax.Array], jax.Array]:
+    """x -> x constrained to have dimension `lead` (the batch: 0, or 1 under a leading micro-batch axis) split over
+    the batch axes of `batch_sharding`'s mesh (`jax.lax.with_sharding_constraint`), the rest replicated; the
+    identity when `batch_sharding` is None (no mesh)."""
+    if batch_sharding is None:
+        return lambda x: x
+    from imgen_jax.train.mesh import BATCH_AXES
+
+    target = NamedSharding(batch_sharding.mesh, P(*([None] * lead), BATCH_AXES))
+    return lambda x: jax.lax.with_sharding_constraint(x, target)
+
+
 def make_steps(base: BaseModels, ad_def: Any, optimizer: optax.GradientTransformation, schedule: Callable,
                options: StepOptions = StepOptions(), shardings: dict | None = None) -> Steps:
     """The train / eval steps, jitted with explicit in/out shardings when `shardings` is given:
-    {"params", "opt_state", "frozen", "batch", "replicated"} (each a sharding or tree of shardings)."""
+    {"params", "opt_state", "frozen", "batch", "replicated"} (each a sharding or tree of shardings).
+
+    With `shardings`, the activations between the frozen encoders and the LM (codes [B, K, T], T5 hidden
+    [B, L, text_dim], memory [B, L, dim]) and every micro-batch are constrained to stay split over the batch
+    axes, and the accumulated gradients to the adapters' shardings, so the compiler never gathers them."""
     from imgen_jax.xla import jit
 
     n_micro = int(options.grad_accum)
     if n_micro < 1:
         raise ImgenError(f"config.train.grad_accum: {n_micro} must be >= 1")
+    on_batch = batch_constraint(None if shardings is None else shardings["batch"])
+    on_micro = batch_constraint(None if shardings is None else shardings["batch"], lead=1)
+
+    def like_params(grads):
+        return grads if shardings is None else jax.lax.with_sharding_constraint(grads, shardings["params"])
 
     def encode(frozen: dict, batch: dict):
         lm = nnx.merge(base.lm_def, frozen["lm"])
+        lm.remat = options.remat  # the training forward's layer scans (MusicGenLM.hidden, fusion.audio_fusion_pass)
         encodec = nnx.merge(base.encodec_def, frozen["encodec"])
         t5 = nnx.merge(base.t5_def, frozen["t5"])
-        cond = encodec.encode(batch["input"][:, None, :])
-        target = encodec.encode(batch["target"][:, None, :])
-        hidden = t5(batch["text_ids"], batch["text_mask"])
-        memory = lm.text_memory(hidden, batch["text_mask"])
+        batch = jax.tree.map(on_batch, batch)
+        cond = on_batch(encodec.encode(batch["input"][:, None, :]))
+        target = on_batch(encodec.encode(batch["target"][:, None, :]))
+        hidden = on_batch(t5(batch["text_ids"], batch["text_mask"]))
+        memory = on_batch(lm.text_memory(hidden, batch["text_mask"]))
         key_mask = batch["text_mask"] if options.mask_text_padding else None
         return lm, cond, target, memory, key_mask
 
@@ -223,10 +251,11 @@ def make_steps(base: BaseModels, ad_def: Any, optimizer: optax.GradientTransform
             def body(acc, xs):
                 i, micro = xs
                 loss, grads = micro_loss_and_grads(params, frozen, micro, jax.random.fold_in(key, i))
-                return jax.tree.map(jnp.add, acc, (loss, grads)), None
+                return jax.tree.map(jnp.add, acc, (loss, like_params(grads))), None
 
-            zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-            (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(n_micro), micro_batches(batch, n_micro)))
+            zero = (jnp.zeros((), jnp.float32), like_params(jax.tree.map(jnp.zeros_like, params)))
+            micros = jax.tree.map(on_micro, micro_batches(batch, n_micro))
+            (loss, grads), _ = jax.lax.scan(body, zero, (jnp.arange(n_micro), micros))
             loss, grads = jax.tree.map(lambda x: x / n_micro, (loss, grads))
         params, opt_state = apply_update(optimizer, params, opt_state, grads)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
@@ -254,11 +283,31 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, params: Pure, p
                                  transform_non_params=lambda _: rep)
 
 
+def step_shardings(mesh, rules, ad_def: Any, params: Pure, base: BaseModels, optimizer: optax.GradientTransformation,
+                   fsdp_frozen: bool = True) -> dict:
+    """The `shardings` of `make_steps` on `mesh`: adapters (graphdef `ad_def`, parameters `params`) and the frozen
+    weights (`base.frozen`, graphdefs `base.*_def`) by the logical axis names their parameters carry and the
+    config's rules (imgen_jax.train.mesh), the optimizer state like its parameters, batches over the batch axes. With
+    `fsdp_frozen` False (config.mesh.fsdp_frozen) the frozen weights are not split over `fsdp` (replicated but
+    for the tensor rules): no weight all-gathers in every micro-batch, at the price of their memory on every
+    chip; the adapters and the optimizer state stay split. `params` and `base.frozen` may hold arrays or
+    ShapeDtypeStructs (`imgen plan`). ValueError naming a parameter without logical axis names."""
+    from imgen_jax.train import mesh as meshlib
+
+    rep = meshlib.replicated(mesh)
+    param_sh = meshlib.tree_shardings(params, meshlib.logical_specs(ad_def, params, "adapters"), mesh, rules)
+    defs = {"lm": base.lm_def, "encodec": base.encodec_def, "t5": base.t5_def}
+    frozen = {k: meshlib.tree_shardings(v, meshlib.logical_specs(defs[k], v, k), mesh, rules, fsdp_frozen)
+              for k, v in base.frozen.items()}
+    return {"params": param_sh, "opt_state": opt_state_shardings(optimizer, params, param_sh, rep),
+            "frozen": frozen, "batch": meshlib.batch_sharding(mesh), "replicated": rep}
+
+
 def tokens_per_step(batch_size: int, num_codebooks: int, frames: int) -> int:
     return int(batch_size * num_codebooks * frames)
 
 
 __all__ = [
     "BaseModels", "load_base", "fusion_config", "init_params", "cosine_with_warmup", "make_optimizer",
-    "codes_loss_and_grads", "apply_update", "StepOptions", "step_options", "Steps", "micro_batches", "make_steps", "opt_state_shardings", "tokens_per_step",
+    "codes_loss_and_grads", "apply_update", "StepOptions", "step_options", "Steps", "micro_batches", "batch_constraint", "make_steps", "opt_state_shardings", "step_shardings", "tokens_per_step",
 ]

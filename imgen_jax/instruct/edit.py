@@ -1,6 +1,6 @@
 """Text-instructed editing of music mixes with Instruct-MusicGen: instructions, windows, the editor.
 
-    from imgen_jax.edit import Editor
+    from imgen_jax.instruct.edit import Editor
 
     ed = Editor.load("models/instruct-musicgen")          # converted MusicGen + `adapters` component
     out = ed.edit([wav], ["remove drums"])                # wav [1, N] float at 32 kHz -> list of [1, N']
@@ -11,8 +11,8 @@ mask, as audiocraft); the output is decoded window by window: a window of n fram
 is conditioned on the condition frames o..o+n (the special frame appended after the last one), its
 audio-fusion prefix is computed once before its decode loop, and from the second window on the last
 `window - stride` generated frames are the window's audio prompt. Decoding is `imgen_jax.generate`
-(one compiled program per window shape) with CFG on the text (both halves get the same prefix).
-The LoRA is merged into the LM's cross-attention weights once at load time.
+(one compiled program per window shape) with the adapters as its fusion plug-in
+(`imgen_jax.instruct.decode_fusion`) and CFG on the text (both halves get the same prefix).
 """
 
 from __future__ import annotations
@@ -26,23 +26,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from imgen_jax.errors import ImgenError
+from imgen_jax.generate import SamplingConfig
+from imgen_jax.vocab import (EDIT_TOP_K, OFFICIAL_PREFIX, OFFICIAL_VERBS, PLAIN_INSTRUCTION, PLAIN_SYNONYMS,
+                             STEM_ALIASES, STEMS, instruction)
 
-OFFICIAL_PREFIX = "Music piece. Instruct: "
-_VERBS = {  # plain verb -> official verb
-    "add": "Add", "remove": "No", "no": "No", "without": "No", "delete": "No", "drop": "No",
-    "extract": "Only", "only": "Only", "isolate": "Only", "keep only": "Only", "generate": "Generate",
-}
-_OFFICIAL_RX = re.compile(r"^music piece\.\s*instruct:\s*(add|no|only|generate)\s+(.+?)\.?\s*$", re.I)
+# verb (lower case) -> task: the plain verbs, their synonyms and the official verbs ("no" -> remove); the texts,
+# stems and aliases are imgen_jax.vocab's
+_OFFICIAL_TASKS = tuple(PLAIN_INSTRUCTION)  # add, remove, extract, generate (not replace: two stems)
+_VERBS = {**{t: t for t in _OFFICIAL_TASKS}, **PLAIN_SYNONYMS, **{OFFICIAL_VERBS[t].lower(): t for t in _OFFICIAL_TASKS}}
+_OFFICIAL_RX = re.compile(
+    "^" + re.escape(OFFICIAL_PREFIX.strip()).replace(r"\ ", r"\s*") + r"\s*("
+    + "|".join(OFFICIAL_VERBS[t].lower() for t in _OFFICIAL_TASKS) + r")\s+(.+?)\.?\s*$", re.I)
 _PLAIN_RX = re.compile(r"^\s*(" + "|".join(sorted(map(re.escape, _VERBS), key=len, reverse=True)) + r")\s+(?:the\s+)?(.+?)\.?\s*$", re.I)
-
-# Stem names of the training data: Slakh2100's instrument classes and MoisesDB's stems.
-STEMS = (
-    "Drums", "Bass", "Piano", "Guitar", "Strings", "Strings (continued)", "Organ", "Brass", "Reed", "Pipe",
-    "Synth Lead", "Synth Pad", "Chromatic Percussion", "Ethnic", "Percussive", "Sound Effects",
-    "Vocals", "Percussion", "Bowed Strings", "Wind", "Other Keys", "Other Plucked", "Other",
-)
-_STEM_BY_KEY = {s.lower(): s for s in STEMS}
-_STEM_BY_KEY.update({"drum": "Drums", "vocal": "Vocals", "voice": "Vocals", "keys": "Piano", "guitars": "Guitar"})
+_STEM_BY_KEY = {**{s.lower(): s for s in STEMS}, **STEM_ALIASES}
 
 
 def normalise_instruction(text: str) -> str:
@@ -54,23 +50,23 @@ def normalise_instruction(text: str) -> str:
     m = _OFFICIAL_RX.match(text.strip()) or _PLAIN_RX.match(text.strip())
     if m is None:
         raise ImgenError(f"cannot parse the instruction {text!r}; " + _accepted())
-    verb = _VERBS[m.group(1).lower()] if m.re is _PLAIN_RX else m.group(1).capitalize()
+    task = _VERBS[m.group(1).lower()]
     stem_key = re.sub(r"\s+", " ", m.group(2).strip().lower())
     stem = _STEM_BY_KEY.get(stem_key)
     if stem is None:
         raise ImgenError(f"unknown stem {m.group(2)!r} in the instruction {text!r}; " + _accepted())
-    return f"{OFFICIAL_PREFIX}{verb} {stem}."
+    return instruction(task, stem)
 
 
 def _accepted() -> str:
     return (
         "accepted: 'add STEM', 'remove STEM' (or no / without), 'extract STEM' (or only / isolate), or the official "
-        "'Music piece. Instruct: Add|No|Only STEM.'; stems: " + ", ".join(s.lower() for s in STEMS)
+        f"'{OFFICIAL_PREFIX}Add|No|Only STEM.'; stems: " + ", ".join(s.lower() for s in STEMS)
     )
 
 
 WINDOW_MODES = ("gapless", "official")
-OFFICIAL_TOP_K = 100            # the Instructor's top_k (MusicGen's own default, 250, is overridden)
+OFFICIAL_TOP_K = EDIT_TOP_K     # the Instructor's top_k, 100 (MusicGen's own default, 250, is overridden)
 OFFICIAL_WINDOW_FRAMES = 250    # CondMusicgen: sec = 5 at 50 frames/s
 OFFICIAL_STRIDE_FRAMES = 800    # extend_stride = 16 s at 50 frames/s
 OFFICIAL_FRAME_RATE = 50.0      # CondMusicgen's literal frame rate (its window arithmetic is in seconds)
@@ -79,26 +75,24 @@ OFFICIAL_MAX_OFFSET = 50 * 80   # the official loop stops once the offset exceed
 
 @dataclasses.dataclass(frozen=True)
 class EditConfig:
-    """Decoding settings of an edit.
-
-    top_k: 100, the official Instructor's setting. windows: "gapless" (default) or "official" (see
+    """How an edit is decoded: `sampling` (the shared imgen_jax.generate.SamplingConfig; default
+    `SamplingConfig.for_edit()`: top_k 100, the official Instructor's setting, CFG 3.0; its num_frames and
+    long-form windows are set per edit window) and the edit's windows. windows: "gapless" (default) or "official" (see
     `gapless_window_plan` / `official_window_plan`). window_frames / stride_frames: None = what the model and
     the mode give (`resolve_windows`): gapless windows as long as the adapters' positional table allows
     (pos_emb_frames - 1; 500 = 10 s for the official checkpoint) every half window; official windows of 250
     frames (5 s) every 800 frames (16 s).
     """
 
-    guidance_scale: float = 3.0
-    use_sampling: bool = True
-    temperature: float = 1.0
-    top_k: int = OFFICIAL_TOP_K
-    top_p: float | None = None
-    seed: int = 0
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig.for_edit)
     window_frames: int | None = None
     stride_frames: int | None = None
     windows: str = "gapless"
 
     def __post_init__(self):
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ImgenError("EditConfig.sampling must be an imgen_jax.generate.SamplingConfig, "
+                             f"got {type(self.sampling).__name__}")
         if self.windows not in WINDOW_MODES:
             raise ImgenError(f"windows must be one of {', '.join(WINDOW_MODES)}, got {self.windows!r}")
         if self.window_frames is not None and self.window_frames < 1:
@@ -182,13 +176,12 @@ def edit_tokens(
 ) -> jax.Array:
     """The windowed edit decode: cond_codes [B, K, T] + text memory [B, L, dim] -> codes [B, K, T'].
 
-    lm: the MusicGen LM with the adapters' LoRA merged (`imgen_jax.fusion.merge_lora`); adapters: the
-    audio fusion. memory: `lm.text_memory(t5_hidden, mask)` (no key mask is applied, as audiocraft).
+    lm: the frozen MusicGen LM; adapters: imgen_jax.instruct.fusion.InstructAdapters (any mode). memory: `lm.text_memory(t5_hidden, mask)` (no key mask is applied, as audiocraft).
     Window w at frame offset o with n frames is conditioned on condition frames o..o+n (the special
     frame after the last), its prefix computed once; its audio prompt is the previous window's frames from
     `stride` on. T' = T for gapless windows; the official plan returns the concatenated windows (shorter).
     """
-    from imgen_jax.generate import SamplingConfig, generate
+    from imgen_jax.generate import generate
     from imgen_jax.instruct import decode_fusion
 
     cond = jnp.asarray(cond_codes, jnp.int32)
@@ -196,21 +189,18 @@ def edit_tokens(
     window, stride = config.resolve_windows(adapters.cfg.pos_emb_frames - 1)
     plan = window_plan(T, window, stride, config.windows)
     total = sum(n - tp for _, n, tp in plan)
-    key = jax.random.PRNGKey(config.seed)
+    key = jax.random.PRNGKey(config.sampling.seed)
     out, prompt, done = [], None, 0
     for w, (offset, n, tp) in enumerate(plan):
         fusion = decode_fusion(lm, adapters, cond[:, :, offset:], num_frames=n)
-        sampling = SamplingConfig(
-            num_frames=n, guidance_scale=config.guidance_scale, use_sampling=config.use_sampling,
-            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, window_frames=None,
-        )
+        sampling = dataclasses.replace(config.sampling, num_frames=n, window_frames=None)
         report = None
         if progress is not None:
             def report(steps_done, steps, _start=done, _new=n - tp):
                 progress(_start + (steps_done * _new) // max(steps, 1), total)
         gen = generate(
             lm, memory, None, sampling, prompt=prompt if tp else None, key=jax.random.fold_in(key, w),
-            prefixes=fusion.prefixes, prefix_clamp=fusion.prefix_clamp, progress=report,
+            fusion=fusion, progress=report,
         )
         out.append(gen[:, :, tp:])
         done += n - tp
@@ -220,24 +210,22 @@ def edit_tokens(
 
 class Editor:
     """MusicGen + Instruct adapters, ready to edit. `mg`: imgen_jax.api.MusicGen (EnCodec, T5 and tokenizer
-    required); `adapters`: imgen_jax.fusion.InstructAdapters."""
+    required); `adapters`: imgen_jax.instruct.fusion.InstructAdapters."""
 
     def __init__(self, mg, adapters):
-        from imgen_jax.fusion import merge_lora
-
         for name in ("encodec", "t5", "tokenizer"):
             if getattr(mg, name) is None:
                 raise ImgenError(f"{mg.model_dir or 'model'}: editing needs the {name} component")
         adapters.cfg.check_lm(mg.lm.cfg, mg.model_dir or "model")
         self.mg = mg
         self.adapters = adapters
-        self.lm = merge_lora(mg.lm, adapters)  # LoRA touches only cross-attention: fine for the fusion pass too
+        self.lm = mg.lm
         self.max_window = adapters.cfg.pos_emb_frames - 1  # decoded frames the positional table covers
 
     @classmethod
     def load(cls, model_dir: str, dtype=jnp.float32) -> "Editor":
         from imgen_jax.api import load_musicgen
-        from imgen_jax.fusion import load_adapters
+        from imgen_jax.instruct.fusion import load_adapters
         from imgen_jax.modeldir import read_model_config
 
         meta = read_model_config(model_dir)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgen_jax.axes import STACKED, metadata, param
 from imgen_jax.configs import config_from_dict, config_to_dict
 from imgen_jax.errors import ImgenError
 
@@ -194,7 +195,7 @@ class T5RMSNorm(nnx.Module):
     """T5LayerNorm: x * rsqrt(mean(x^2) + eps) * scale, statistics in float32. [..., D] -> [..., D]."""
 
     def __init__(self, dim: int, eps: float, *, dtype=jnp.float32):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.scale = param(jnp.ones((dim,), jnp.float32), "embed")
         self.eps = eps
         self.dtype = dtype
 
@@ -205,10 +206,11 @@ class T5RMSNorm(nnx.Module):
         return (self.scale[...].astype(jnp.float32) * y).astype(self.dtype)
 
 
-def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs, std: float) -> nnx.Linear:
+def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs, std: float, axes: tuple[str, str]) -> nnx.Linear:
+    """Bias-free linear map, kernel [din, dout] with the logical axis names `axes` (imgen_jax.axes)."""
     return nnx.Linear(
         din, dout, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nnx.initializers.normal(std), rngs=rngs,
+        kernel_init=nnx.initializers.normal(std), rngs=rngs, kernel_metadata=metadata(*axes),
     )
 
 
@@ -221,10 +223,11 @@ class T5Attention(nnx.Module):
     def __init__(self, cfg: T5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, inner = cfg.d_model, cfg.inner_dim
         self.num_heads, self.d_kv, self.dtype = cfg.num_heads, cfg.d_kv, dtype
-        self.q = _linear(d, inner, dtype, param_dtype, rngs, (d * cfg.d_kv) ** -0.5)
-        self.k = _linear(d, inner, dtype, param_dtype, rngs, d ** -0.5)
-        self.v = _linear(d, inner, dtype, param_dtype, rngs, d ** -0.5)
-        self.o = _linear(inner, d, dtype, param_dtype, rngs, inner ** -0.5)
+        cols, rows = ("embed", "heads"), ("heads", "embed")
+        self.q = _linear(d, inner, dtype, param_dtype, rngs, (d * cfg.d_kv) ** -0.5, cols)
+        self.k = _linear(d, inner, dtype, param_dtype, rngs, d ** -0.5, cols)
+        self.v = _linear(d, inner, dtype, param_dtype, rngs, d ** -0.5, cols)
+        self.o = _linear(inner, d, dtype, param_dtype, rngs, inner ** -0.5, rows)
 
     def __call__(self, x: jax.Array, bias: jax.Array, key_mask: jax.Array) -> jax.Array:
         b, l, _ = x.shape
@@ -250,11 +253,11 @@ class T5FeedForward(nnx.Module):
         self.gated, act = cfg.is_gated, cfg.activation
         self.act_name = act
         if self.gated:
-            self.wi_0 = _linear(d, f, dtype, param_dtype, rngs, d ** -0.5)
-            self.wi_1 = _linear(d, f, dtype, param_dtype, rngs, d ** -0.5)
+            self.wi_0 = _linear(d, f, dtype, param_dtype, rngs, d ** -0.5, ("embed", "mlp"))
+            self.wi_1 = _linear(d, f, dtype, param_dtype, rngs, d ** -0.5, ("embed", "mlp"))
         else:
-            self.wi = _linear(d, f, dtype, param_dtype, rngs, d ** -0.5)
-        self.wo = _linear(f, d, dtype, param_dtype, rngs, f ** -0.5)
+            self.wi = _linear(d, f, dtype, param_dtype, rngs, d ** -0.5, ("embed", "mlp"))
+        self.wo = _linear(f, d, dtype, param_dtype, rngs, f ** -0.5, ("mlp", "embed"))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.act_name]
@@ -297,15 +300,16 @@ class T5Encoder(nnx.Module):
         self.dtype = dtype
         self.embed = nnx.Embed(
             cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
-            embedding_init=nnx.initializers.normal(1.0), rngs=rngs,
+            embedding_init=nnx.initializers.normal(1.0), rngs=rngs, embedding_metadata=metadata("text_vocab", "embed"),
         )
         self.rel_bias = nnx.Embed(
             cfg.relative_attention_num_buckets, cfg.num_heads, dtype=jnp.float32, param_dtype=param_dtype,
             embedding_init=nnx.initializers.normal(cfg.d_model ** -0.5), rngs=rngs,
+            embedding_metadata=metadata("rel_buckets", "rel_heads"),
         )
 
         @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=cfg.num_layers, transform_metadata=STACKED)
         def make_layers(r: nnx.Rngs) -> T5Layer:
             return T5Layer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r)
 

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgen_jax.axes import STACKED, param
 from imgen_jax.configs import config_from_dict, config_to_dict
 from imgen_jax.errors import ImgenError
-from imgen_jax.patterns import build_pattern, codebook_delays
+from imgen_jax.models.patterns import build_pattern, codebook_delays
 
 NEG_INF = -1e30  # finite "minus infinity": fully masked rows stay finite (uniform), never NaN
 
@@ -95,10 +96,11 @@ def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
 
 
 class Dense(nnx.Module):
-    """Linear map without bias; kernel [in, out] (the transpose of PyTorch's weight)."""
+    """Linear map without bias; kernel [in, out] (the transpose of PyTorch's weight), its two dimensions
+    named `axes` (logical axis names, imgen_jax.axes)."""
 
-    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (din, dout), jnp.float32) * (1.0 / math.sqrt(din)))
+    def __init__(self, din: int, dout: int, *, axes: tuple[str, str], rngs: nnx.Rngs, dtype=jnp.float32):
+        self.kernel = param(jax.random.normal(rngs.params(), (din, dout), jnp.float32) * (1.0 / math.sqrt(din)), *axes)
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -106,11 +108,11 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm with scale and bias, statistics in float32."""
+    """LayerNorm with scale and bias [dim] (logical axis `embed`), statistics in float32."""
 
     def __init__(self, dim: int, eps: float, dtype=jnp.float32):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.scale = param(jnp.ones((dim,), jnp.float32), "embed")
+        self.bias = param(jnp.zeros((dim,), jnp.float32), "embed")
         self.eps = eps
         self.dtype = dtype
 
@@ -134,47 +136,56 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, 
     return jnp.einsum(f"bhqk,{kv}->bqhd", probs, v)
 
 
-class AudioPrefix(NamedTuple):
-    """Per-layer audio-fusion prefix entering one layer's self-attention (see imgen_jax.fusion).
+class LayerFusion:
+    """A conditioning plug-in of `MusicGenLM` (None: plain MusicGen): the hooks each layer calls where a
+    fusion design adds something. Instruct-MusicGen's audio fusion + LoRA (imgen_jax.instruct.fusion.InstructFusion)
+    is one implementation; a new design subclasses this and overrides the hooks it needs.
 
-    q, k, v: [B, Tc, H, D] projections of the condition sequence (k and v [B, H, Tc, D] on the heads-major
-    path of a per-layer cache, see `MusicGenLM.extend`); gate: [] scalar.
-    The layer adds gate * attention(q_self + q[positions], k, v) (not causal) before out_proj.
+    A fusion is a pytree (e.g. `jax.tree_util.register_dataclass`) whose array leaves are stacked over the
+    LM's layers (leading axis = num_layers); static settings go in its metadata. The LM slices it per layer
+    (`lax.scan` or indexing), so the hooks run on ONE layer's slice; `for_guidance` and `for_decoding` run
+    on the stacked fusion, once per decode. A hook returning None adds nothing. Hooks (shapes of one layer):
+
+    - self_attention_extra(q, positions): q [B,S,H,D] the layer's self-attention queries; positions: None
+      in teacher forcing (queries are steps 0..S-1) or [S] int, the absolute positions of the queries
+      (decoding). Returns [B,S,H,D], added to the self-attention output (per head) before out_proj.
+    - cross_query_delta(h): h [B,S,dim] the normed input of the cross-attention -> [B,S,dim] added to its
+      query projection.
+    - cross_value_delta(memory): memory [B,L,dim] -> [B,L,dim] added to the text values (computed with the
+      text keys / values: once per decode, before the loop).
+    - for_guidance(): the fusion for a classifier-free-guidance batch of 2B rows (the B conditional rows,
+      then the B unconditional ones) from the one for B rows.
+    - for_decoding(heads_major): the fusion as the KV-cached decode wants it, once before the loop;
+      heads_major True: the LM's per-layer cache path, whose attention takes keys / values [B,H,T,D].
     """
 
-    q: jax.Array
-    k: jax.Array
-    v: jax.Array
-    gate: jax.Array
+    def self_attention_extra(self, q: jax.Array, positions: jax.Array | None) -> jax.Array | None:
+        return None
+
+    def cross_query_delta(self, h: jax.Array) -> jax.Array | None:
+        return None
+
+    def cross_value_delta(self, memory: jax.Array) -> jax.Array | None:
+        return None
+
+    def for_guidance(self) -> "LayerFusion":
+        return self
+
+    def for_decoding(self, heads_major: bool) -> "LayerFusion":
+        return self
 
 
-class CrossLoRA(NamedTuple):
-    """LoRA on the cross-attention q and v projections (the text fusion of imgen_jax.fusion).
-
-    Stacked over layers (leading layer axis) when passed to the model; one layer's slice inside the
-    scanned body. Kernels are [in, out] (transposes of PyTorch's lora_A / lora_B weights):
-    q_a, v_a: [dim, r]; q_b, v_b: [r, dim]; scale: [] (lora_alpha / r).
-    q = x Wq + scale * ((x q_a) q_b); v = m Wv + scale * ((m v_a) v_b); k unchanged.
-    """
-
-    q_a: jax.Array
-    q_b: jax.Array
-    v_a: jax.Array
-    v_b: jax.Array
-    scale: jax.Array
-
-
-def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array) -> jax.Array:
-    """scale * ((x a) b), in the dtype of x (peft's `lora_B(lora_A(x)) * scaling`)."""
-    return jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * scale.astype(x.dtype)
+def _layer(tree, i: int):
+    """Layer i of a pytree stacked over layers (None stays None)."""
+    return jax.tree.map(lambda a: a[i], tree)
 
 
 class SelfAttention(nnx.Module):
     """Causal multi-head self-attention with fused q/k/v projection (audiocraft's in_proj)."""
 
     def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.in_proj = Dense(cfg.dim, 3 * cfg.dim, rngs=rngs, dtype=dtype)
-        self.out_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
+        self.in_proj = Dense(cfg.dim, 3 * cfg.dim, axes=("embed", "fused_heads"), rngs=rngs, dtype=dtype)
+        self.out_proj = Dense(cfg.dim, cfg.dim, axes=("heads", "embed"), rngs=rngs, dtype=dtype)
         self.num_heads = cfg.num_heads
 
     def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -188,19 +199,19 @@ class CrossAttention(nnx.Module):
     """Multi-head attention from the sequence to the text memory; separate q and fused k/v projections."""
 
     def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.q_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
-        self.kv_proj = Dense(cfg.dim, 2 * cfg.dim, rngs=rngs, dtype=dtype)
-        self.out_proj = Dense(cfg.dim, cfg.dim, rngs=rngs, dtype=dtype)
+        self.q_proj = Dense(cfg.dim, cfg.dim, axes=("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.kv_proj = Dense(cfg.dim, 2 * cfg.dim, axes=("embed", "fused_heads"), rngs=rngs, dtype=dtype)
+        self.out_proj = Dense(cfg.dim, cfg.dim, axes=("heads", "embed"), rngs=rngs, dtype=dtype)
         self.num_heads = cfg.num_heads
 
-    def memory_kv(self, memory: jax.Array, lora: CrossLoRA | None = None) -> tuple[jax.Array, jax.Array]:
-        """memory [B,L,dim] -> k, v each [B,L,H,D]; `lora` (this layer's slice) adds to v only."""
+    def memory_kv(self, memory: jax.Array, fusion: LayerFusion | None = None) -> tuple[jax.Array, jax.Array]:
+        """memory [B,L,dim] -> k, v each [B,L,H,D]; `fusion` (this layer's slice) may add to the values."""
         B, L, _ = memory.shape
         kv = self.kv_proj(memory).reshape(B, L, 2, self.num_heads, -1)
         k, v = kv[:, :, 0], kv[:, :, 1]
-        if lora is not None:
-            x = memory.astype(v.dtype)
-            v = v + lora_delta(x, lora.v_a, lora.v_b, lora.scale).reshape(B, L, self.num_heads, -1)
+        dv = None if fusion is None else fusion.cross_value_delta(memory.astype(v.dtype))
+        if dv is not None:
+            v = v + dv.astype(v.dtype).reshape(B, L, self.num_heads, -1)
         return k, v
 
 
@@ -213,72 +224,63 @@ class DecoderLayer(nnx.Module):
         self.norm_cross = LayerNorm(cfg.dim, cfg.layer_norm_eps, dtype)
         self.cross_attn = CrossAttention(cfg, rngs=rngs, dtype=dtype)
         self.norm2 = LayerNorm(cfg.dim, cfg.layer_norm_eps, dtype)
-        self.linear1 = Dense(cfg.dim, cfg.ffn_dim, rngs=rngs, dtype=dtype)
-        self.linear2 = Dense(cfg.ffn_dim, cfg.dim, rngs=rngs, dtype=dtype)
+        self.linear1 = Dense(cfg.dim, cfg.ffn_dim, axes=("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.linear2 = Dense(cfg.ffn_dim, cfg.dim, axes=("mlp", "embed"), rngs=rngs, dtype=dtype)
 
     def mlp(self, x: jax.Array) -> jax.Array:
         return self.linear2(jax.nn.gelu(self.linear1(x), approximate=False))
 
-    def __call__(self, *args, **kw) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """One layer: `blocks` without the block outputs. Returns (x, (k, v) of this chunk [B,S,H,D])."""
-        x, kv, _ = self.blocks(*args, **kw)
-        return x, kv
-
-    def blocks(
+    def __call__(
         self,
         x: jax.Array,
-        self_kv: tuple[jax.Array, jax.Array] | None,
         self_bias: jax.Array,
         cross_kv: tuple[jax.Array, jax.Array],
         cross_bias: jax.Array | None,
-        prefix: AudioPrefix | None = None,
-        prefix_pos: jax.Array | None = None,
-        lora: CrossLoRA | None = None,
+        fusion: LayerFusion | None = None,
+        positions: jax.Array | None = None,
+        kv_store=None,
         kv_heads_major: bool = False,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
-        """One layer, also returning its block outputs.
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One layer. Returns (x [B,S,dim], {"self_attn_out", "cross_attn_out"}: each block's output [B,S,dim]
+        after its out_proj, before the residual add).
 
-        x [B,S,dim]. self_kv: None (attend within x, `self_bias` [S,S] causal) or (k, v) [B,Smax,H,D]
-        ([B,H,Smax,D] when kv_heads_major) caches already holding this chunk's keys (then `self_bias`
-        [S,Smax]). cross_kv: text keys and
-        values [B,L,H,D]; cross_bias [B,1,1,L] or None. prefix / prefix_pos [S]: the audio-fusion
-        prefix and the condition position each query reads its q offset from (None: query i reads i). lora: this layer's slice
-        of the cross-attention LoRA (its q part is applied here; its v part is in `cross_kv`).
-        Returns (x, (k, v) of this chunk [B,S,H,D], {"self_attn_out", "cross_attn_out"}: each block's output
-        [B,S,dim] after its out_proj, before the residual add).
+        x [B,S,dim]. self_bias: [S,S] (attention within x) or [S,Smax] (against a cache). cross_kv: this
+        layer's text keys and values [B,L,H,D]; cross_bias [B,1,1,L] or None. fusion: this layer's slice of a
+        `LayerFusion` (or None); positions: None (teacher forcing, queries 0..S-1) or [S] the queries' absolute
+        positions, for the fusion. kv_store: None (attend within x) or a function (k, v) [B,S,H,D] -> (keys,
+        values) of the whole cache with this chunk written ([B,Smax,H,D], or [B,H,Smax,D] when kv_heads_major):
+        the decode path's cache write, with the q/k/v this layer computed once.
         """
         h = self.norm1(x)
         q, k, v = self.self_attn.qkv(h)
-        if self_kv is None:
-            y = attention(q, k, v, self_bias)
-        else:
-            y = attention(q, self_kv[0], self_kv[1], self_bias, heads_major=kv_heads_major)
-        if prefix is not None:
-            # prefix_pos None: step i reads position i (teacher forcing); a slice, whose gradient is no scatter
-            qp = prefix.q[:, : x.shape[1]] if prefix_pos is None else jnp.take(prefix.q, prefix_pos, axis=1)  # [B,S,H,D]
-            y = y + prefix.gate.astype(y.dtype) * attention(q + qp, prefix.k, prefix.v, None, heads_major=kv_heads_major)
+        if kv_store is not None:
+            k, v = kv_store(k, v)
+        y = attention(q, k, v, self_bias, heads_major=kv_store is not None and kv_heads_major)
+        extra = None if fusion is None else fusion.self_attention_extra(q, positions)
+        if extra is not None:
+            y = y + extra.astype(y.dtype)
         B, S = x.shape[:2]
         sa_out = self.self_attn.out_proj(y.reshape(B, S, -1))
         x = x + sa_out
 
         h = self.norm_cross(x)
         cq = self.cross_attn.q_proj(h)
-        if lora is not None:
-            cq = cq + lora_delta(h.astype(cq.dtype), lora.q_a, lora.q_b, lora.scale)
+        dq = None if fusion is None else fusion.cross_query_delta(h.astype(cq.dtype))
+        if dq is not None:
+            cq = cq + dq.astype(cq.dtype)
         y = attention(cq.reshape(B, S, self.cross_attn.num_heads, -1), cross_kv[0], cross_kv[1], cross_bias)
         ca_out = self.cross_attn.out_proj(y.reshape(B, S, -1))
         x = x + ca_out
 
         x = x + self.mlp(self.norm2(x))
-        return x, (k, v), {"self_attn_out": sa_out, "cross_attn_out": ca_out}
+        return x, {"self_attn_out": sa_out, "cross_attn_out": ca_out}
 
 
 class KVCache(NamedTuple):
     """Decoding state: self-attention caches [layers, B, Smax, H, D] (or, from
     `init_cache(per_layer=True)`, tuples of one [B, H, Smax, D] array per layer), text keys/values
-    [layers, B, L, H, D], the text key bias [B,1,1,L] (or None), the next position [] and the
-    cross-attention LoRA (stacked CrossLoRA or None) whose v part is already in cross_v and whose
-    q part every `extend` applies."""
+    [layers, B, L, H, D] (a fusion's value deltas included), the text key bias [B,1,1,L] (or None) and the
+    next position []."""
 
     k: jax.Array | tuple[jax.Array, ...]
     v: jax.Array | tuple[jax.Array, ...]
@@ -286,7 +288,6 @@ class KVCache(NamedTuple):
     cross_v: jax.Array
     cross_bias: jax.Array | None
     pos: jax.Array
-    lora: CrossLoRA | None = None
     layer_states: tuple | None = None  # per-layer cache only: each layer's weights, sliced once (init_cache)
 
 
@@ -297,31 +298,58 @@ def text_key_bias(mask: jax.Array | None) -> jax.Array | None:
     return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :]
 
 
+REMAT = {  # rematerialisation policies of a scanned layer body (`remat_body`)
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_body(body, remat: str):
+    """A `lax.scan` body under `jax.checkpoint` with the named policy, for training: "none" (the body itself:
+    every intermediate the backward pass needs is kept, per layer), "dots" (only the results of matmuls without
+    batch dimensions, the projections, are kept; the rest of the layer is recomputed in the backward pass),
+    "full" (only the layer's inputs are kept; the whole layer is recomputed). Same values and gradients."""
+    if remat not in REMAT:
+        raise ImgenError(f"config.model.remat: {remat!r} is not one of {tuple(REMAT)}")
+    if REMAT[remat] is None:
+        return body
+    return jax.checkpoint(body, policy=REMAT[remat], prevent_cse=False)
+
+
 class MusicGenLM(nnx.Module):
     """MusicGen LM. Parameters: emb [K, card+1, dim], text_proj (kernel [text_dim, dim], bias),
-    layers/* (stacked over layers), out_norm, heads [K, dim, card]."""
+    layers/* (stacked over layers), out_norm, heads [K, dim, card].
+
+    `remat` ("none" | "dots" | "full", see `remat_body`): how the teacher-forced layer scan (`hidden`) and the
+    audio-fusion pass (imgen_jax.instruct.fusion) rematerialise in the backward pass; the train step sets it on the
+    instance it merges (imgen_jax.train.step)."""
+
+    remat: str = "none"
 
     def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.cfg = cfg
         self.dtype = dtype
         K, D = cfg.num_codebooks, cfg.dim
-        self.emb = nnx.Param(jax.random.normal(rngs.params(), (K, cfg.card + 1, D), jnp.float32))
+        self.emb = param(jax.random.normal(rngs.params(), (K, cfg.card + 1, D), jnp.float32), "codebooks", "codes", "embed")
         if cfg.text_proj:
             self.text_proj = nnx.Dict(
-                kernel=nnx.Param(jax.random.normal(rngs.params(), (cfg.text_dim, D), jnp.float32) / math.sqrt(cfg.text_dim)),
-                bias=nnx.Param(jnp.zeros((D,), jnp.float32)),
+                kernel=param(jax.random.normal(rngs.params(), (cfg.text_dim, D), jnp.float32) / math.sqrt(cfg.text_dim),
+                             "text_embed", "embed"),
+                bias=param(jnp.zeros((D,), jnp.float32), "embed"),
             )
         else:
             self.text_proj = None
 
         @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=STACKED)  # leading logical axis "layers"
         def make_layers(rngs: nnx.Rngs) -> DecoderLayer:
             return DecoderLayer(cfg, rngs=rngs, dtype=dtype)
 
         self.layers = make_layers(rngs)
         self.out_norm = LayerNorm(D, cfg.layer_norm_eps, dtype)
-        self.heads = nnx.Param(jax.random.normal(rngs.params(), (K, D, cfg.card), jnp.float32) / math.sqrt(D))
+        self.heads = param(jax.random.normal(rngs.params(), (K, D, cfg.card), jnp.float32) / math.sqrt(D),
+                           "codebooks", "embed", "vocab")
 
     # ---- inputs -------------------------------------------------------------------------------
     def text_memory(self, text_hidden: jax.Array, text_mask: jax.Array | None) -> jax.Array:
@@ -350,18 +378,18 @@ class MusicGenLM(nnx.Module):
         out = jnp.einsum("kbsd,kdc->kbsc", hk, self.heads[...].astype(h.dtype))
         return out.transpose(1, 0, 2, 3).astype(jnp.float32)
 
-    def cross_kv(self, memory: jax.Array, lora: CrossLoRA | None = None) -> tuple[jax.Array, jax.Array]:
+    def cross_kv(self, memory: jax.Array, fusion: LayerFusion | None = None) -> tuple[jax.Array, jax.Array]:
         """Text keys/values for every layer: memory [B,L,dim] -> ([layers,B,L,H,D], [layers,B,L,H,D]).
 
-        lora: optional stacked cross-attention LoRA (its v part is added to the values)."""
+        fusion: an optional `LayerFusion` stacked over layers (its `cross_value_delta` adds to the values)."""
         g, s = nnx.split(self.layers)
 
         def body(_, xs):
-            st, lo = xs
+            st, fu = xs
             layer = nnx.merge(g, st)
-            return None, layer.cross_attn.memory_kv(memory, lo)
+            return None, layer.cross_attn.memory_kv(memory, fu)
 
-        _, (k, v) = jax.lax.scan(body, None, (s, lora))
+        _, (k, v) = jax.lax.scan(body, None, (s, fusion))
         return k, v
 
     # ---- teacher forcing ----------------------------------------------------------------------
@@ -370,20 +398,16 @@ class MusicGenLM(nnx.Module):
         seq: jax.Array,
         memory: jax.Array,
         text_mask: jax.Array | None = None,
-        prefixes: AudioPrefix | None = None,
-        prefix_pos: jax.Array | None = None,
-        lora: CrossLoRA | None = None,
+        fusion: LayerFusion | None = None,
         trace: bool = False,
     ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Teacher-forced final hidden states [B,S,dim] (before out_norm) of a pattern sequence [B,K,S].
 
         memory: [B,L,dim] from `text_memory`; text_mask [B,L] masks padded text keys (Hugging Face
         semantics) or None to attend to every key (audiocraft semantics: padded keys are zeros).
-        prefixes: optional per-layer AudioPrefix stacked over layers (leading layer axis), with
-        prefix_pos [S] the condition position each step reads its prefix query from (None: step i reads i).
-        lora: optional cross-attention LoRA stacked over layers (imgen_jax.fusion's text fusion).
-        trace: also return the intermediates {"input": the embedded input [B,S,dim], "self_attn_out",
-        "cross_attn_out", "layer_out": per layer [layers,B,S,dim]} (DecoderLayer.blocks), for inspection.
+        fusion: an optional `LayerFusion` stacked over layers (its hooks see positions None: step i is
+        query i). trace: also return the intermediates {"input": the embedded input [B,S,dim],
+        "self_attn_out", "cross_attn_out", "layer_out": per layer [layers,B,S,dim]}, for inspection.
         """
         S = seq.shape[-1]
         x = self.embed(seq)
@@ -393,13 +417,12 @@ class MusicGenLM(nnx.Module):
         g, s = nnx.split(self.layers)
 
         def body(x, xs):
-            st, pre, lo = xs
+            st, fu = xs
             layer = nnx.merge(g, st)
-            x, _, outs = layer.blocks(x, None, causal, layer.cross_attn.memory_kv(memory, lo), cross_bias, pre,
-                                      prefix_pos, lo)
+            x, outs = layer(x, causal, layer.cross_attn.memory_kv(memory, fu), cross_bias, fu)
             return x, (dict(outs, layer_out=x) if trace else None)
 
-        x, per_layer = jax.lax.scan(body, x, (s, prefixes, lora))
+        x, per_layer = jax.lax.scan(remat_body(body, self.remat), x, (s, fusion))
         return (x, dict(per_layer, input=x0)) if trace else x
 
     def __call__(self, seq: jax.Array, memory: jax.Array, text_mask: jax.Array | None = None, **kw) -> jax.Array:
@@ -414,7 +437,7 @@ class MusicGenLM(nnx.Module):
         codes [B,K,T] (frames, no special tokens) -> (logits [B,K,T,card] float32, mask [B,K,T] bool).
         The pattern keeps only its T+1 fully defined steps; the logits of frame t of codebook k are
         the head-k output at step t + delays[k]. Frames without such a step (the last delays[k]
-        frames of codebook k) have NaN logits and mask False. `kw` goes to `hidden` (audio prefix).
+        frames of codebook k) have NaN logits and mask False. `kw` goes to `hidden` (fusion).
         """
         delays = self.cfg.delays
         T = codes.shape[-1]
@@ -431,7 +454,7 @@ class MusicGenLM(nnx.Module):
         """Mean cross-entropy of the frames' teacher-forced logits against codes [B,K,T] over the valid
         frames: the same number as `masked_cross_entropy(*frame_logits(...))` (imgen_jax.instruct), computed
         per codebook on the valid steps only (no [B,K,T,card] logits with NaN padding to build, mask
-        and differentiate). `kw` goes to `hidden`."""
+        and differentiate). `kw` goes to `hidden` (fusion)."""
         delays = self.cfg.delays
         B, K, T = codes.shape
         seq = build_pattern(codes, self.cfg.special_token, delays, num_steps=T + 1)
@@ -450,18 +473,18 @@ class MusicGenLM(nnx.Module):
 
     # ---- KV-cached decoding -------------------------------------------------------------------
     def init_cache(
-        self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None, lora: CrossLoRA | None = None,
-        per_layer: bool = False,
+        self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None,
+        fusion: LayerFusion | None = None, per_layer: bool = False,
     ) -> KVCache:
         """Empty self-attention cache of `max_len` steps plus the text keys/values computed once.
 
-        lora: optional stacked cross-attention LoRA; kept in the cache, so every `extend` applies it.
+        fusion: the `LayerFusion` the decode runs with (its value deltas go into the text values once, here).
         per_layer: one heads-major [B, H, max_len, D] key and value buffer per layer instead of one stacked
         [layers, B, max_len, H, D] buffer, and each layer's weights sliced out of the stack once, here
         (`layer_states`; a second copy of the layer weights while the cache lives); `extend` then runs the
         layers unrolled (see there)."""
         cfg = self.cfg
-        ck, cv = self.cross_kv(memory, lora)
+        ck, cv = self.cross_kv(memory, fusion)
         layer_states = None
         if per_layer:
             shape = (batch, cfg.num_heads, max_len, cfg.head_dim)
@@ -469,24 +492,16 @@ class MusicGenLM(nnx.Module):
             v = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
             _, stacked = nnx.split(self.layers)
             # the barrier keeps XLA from sinking the slices back into a decode loop (re-copied every step)
-            layer_states = jax.lax.optimization_barrier(
-                tuple(jax.tree.map(lambda a: a[i], stacked) for i in range(cfg.num_layers))
-            )
+            layer_states = jax.lax.optimization_barrier(tuple(_layer(stacked, i) for i in range(cfg.num_layers)))
         else:
             shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
             k, v = jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
         return KVCache(
             k=k, v=v, cross_k=ck, cross_v=cv, cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32),
-            lora=lora, layer_states=layer_states,
+            layer_states=layer_states,
         )
 
-    def extend(
-        self,
-        seq: jax.Array,
-        cache: KVCache,
-        prefixes: AudioPrefix | None = None,
-        prefix_pos: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache]:
+    def extend(self, seq: jax.Array, cache: KVCache, fusion: LayerFusion | None = None) -> tuple[jax.Array, KVCache]:
         """Feed pattern steps seq [B,K,S] at positions cache.pos.. and return (logits [B,K,S,card], cache).
 
         Used both as prefill (S = prompt length) and as the one-step decode (S = 1). Keys and values
@@ -496,10 +511,8 @@ class MusicGenLM(nnx.Module):
         weights and its own cache buffers in place, where a scan copies a dynamic slice of the weight
         stack and of the cache every step and transposes the cache for the attention (1.5x to 2x slower
         per step on CPU). The price: a longer compile and the second copy of the layer weights.
-        prefixes / prefix_pos [S]: the audio-fusion prefix and the condition position of each step's
-        prefix query (the caller clamps it); with a per-layer cache its k and v are heads-major
-        [layers, B, H, Tc, D] (`heads_major_prefixes`, once before a decode loop). The cross-attention
-        LoRA comes from `cache.lora`.
+        fusion: the `LayerFusion` of `init_cache`, after `for_decoding(per_layer)`; its hooks see the
+        queries' absolute positions.
         """
         S = seq.shape[-1]
         per_layer = isinstance(cache.k, (tuple, list))
@@ -510,41 +523,36 @@ class MusicGenLM(nnx.Module):
         kpos = jnp.arange(Smax)
         bias = jnp.where(kpos[None, :] <= qpos[:, None], 0.0, NEG_INF).astype(jnp.float32)
         g, s = nnx.split(self.layers)
-        n = self.cfg.num_layers
 
-        def body(carry, xs):
-            x, kc, vc = carry
-            st, i, ck, cv, pre, lo = xs
-            layer = nnx.merge(g, st)
-            h = layer.norm1(x)
-            _, k_new, v_new = layer.self_attn.qkv(h)
-            kc = jax.lax.dynamic_update_slice(kc, k_new[None].astype(kc.dtype), (i, 0, pos0, 0, 0))
-            vc = jax.lax.dynamic_update_slice(vc, v_new[None].astype(vc.dtype), (i, 0, pos0, 0, 0))
-            x, _ = layer(x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos, lo)
-            return (x, kc, vc), None
-
-        if per_layer:  # per-layer heads-major buffers: unrolled layers
+        if per_layer:  # per-layer heads-major buffers [B,H,Smax,D]: unrolled layers
             kc, vc = list(cache.k), list(cache.v)
-            for i in range(n):
-                ck, cv, pre, lo = jax.tree.map(lambda a: a[i], (cache.cross_k, cache.cross_v, prefixes, cache.lora))
+            for i in range(self.cfg.num_layers):
+                def store(k_new, v_new, i=i):
+                    kc[i] = jax.lax.dynamic_update_slice(kc[i], k_new.swapaxes(1, 2).astype(kc[i].dtype), (0, 0, pos0, 0))
+                    vc[i] = jax.lax.dynamic_update_slice(vc[i], v_new.swapaxes(1, 2).astype(vc[i].dtype), (0, 0, pos0, 0))
+                    return kc[i], vc[i]
+
                 layer = nnx.merge(g, cache.layer_states[i])
-                _, k_new, v_new = layer.self_attn.qkv(layer.norm1(x))
-                kc[i] = jax.lax.dynamic_update_slice(kc[i], k_new.swapaxes(1, 2).astype(kc[i].dtype), (0, 0, pos0, 0))
-                vc[i] = jax.lax.dynamic_update_slice(vc[i], v_new.swapaxes(1, 2).astype(vc[i].dtype), (0, 0, pos0, 0))
-                x, _ = layer(
-                    x, (kc[i], vc[i]), bias, (ck, cv), cache.cross_bias, pre, prefix_pos, lo, kv_heads_major=True
-                )
-            kc, vc = tuple(kc), tuple(vc)
-        else:
-            xs = (s, jnp.arange(n), cache.cross_k, cache.cross_v, prefixes, cache.lora)
-            (x, kc, vc), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
+                x, _ = layer(x, bias, (cache.cross_k[i], cache.cross_v[i]), cache.cross_bias, _layer(fusion, i), qpos,
+                             store, kv_heads_major=True)
+            return self.project_heads(x), cache._replace(k=tuple(kc), v=tuple(vc), pos=pos0 + S)
+
+        def body(carry, xs):  # stacked buffers [layers,B,Smax,H,D] carried through the scan, written in place
+            x, kc, vc = carry
+            st, i, ck, cv, fu = xs
+            out = {}
+
+            def store(k_new, v_new):
+                out["k"] = jax.lax.dynamic_update_slice(kc, k_new[None].astype(kc.dtype), (i, 0, pos0, 0, 0))
+                out["v"] = jax.lax.dynamic_update_slice(vc, v_new[None].astype(vc.dtype), (i, 0, pos0, 0, 0))
+                return out["k"][i], out["v"][i]
+
+            x, _ = nnx.merge(g, st)(x, bias, (ck, cv), cache.cross_bias, fu, qpos, store)
+            return (x, out["k"], out["v"]), None
+
+        xs = (s, jnp.arange(self.cfg.num_layers), cache.cross_k, cache.cross_v, fusion)
+        (x, kc, vc), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs)
         return self.project_heads(x), cache._replace(k=kc, v=vc, pos=pos0 + S)
-
-
-def heads_major_prefixes(prefixes: AudioPrefix) -> AudioPrefix:
-    """Stacked prefixes with k and v [layers, B, Tc, H, D] -> [layers, B, H, Tc, D], the layout of the
-    per-layer cache path of `MusicGenLM.extend` (transposed once, not in every decoding step)."""
-    return prefixes._replace(k=prefixes.k.swapaxes(2, 3), v=prefixes.v.swapaxes(2, 3))
 
 
 def init_lm(cfg: LMConfig, seed: int = 0, dtype=jnp.float32) -> MusicGenLM:

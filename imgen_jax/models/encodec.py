@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgen_jax.axes import param
 from imgen_jax.configs import config_from_dict, config_to_dict
 from imgen_jax.errors import ImgenError
 
@@ -183,8 +184,9 @@ class Conv1d(nnx.Module):
         causal: bool = False, rngs: nnx.Rngs, dtype=jnp.float32,
     ):
         scale = 1.0 / math.sqrt(din * kernel_size)
-        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (kernel_size, din, dout), jnp.float32) * scale)
-        self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
+        self.kernel = param(jax.random.normal(rngs.params(), (kernel_size, din, dout), jnp.float32) * scale,
+                            "conv_width", "conv_in", "conv_out")
+        self.bias = param(jnp.zeros((dout,), jnp.float32), "conv_out")
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.pad_mode, self.causal, self.dtype = pad_mode, causal, dtype
 
@@ -250,8 +252,9 @@ class ConvTranspose1d(nnx.Module):
     ):
         m = -(-kernel_size // stride)
         scale = 1.0 / math.sqrt(din * m)
-        self.kernel = nnx.Param(jax.random.normal(rngs.params(), (m, din, stride * dout), jnp.float32) * scale)
-        self.bias = nnx.Param(jnp.zeros((dout,), jnp.float32))
+        self.kernel = param(jax.random.normal(rngs.params(), (m, din, stride * dout), jnp.float32) * scale,
+                            "conv_width", "conv_in", "conv_out")
+        self.bias = param(jnp.zeros((dout,), jnp.float32), "conv_out")
         self.kernel_size, self.stride = kernel_size, stride
         self.causal, self.trim_right_ratio, self.dtype = causal, trim_right_ratio, dtype
 
@@ -291,9 +294,9 @@ class LSTMLayer(nnx.Module):
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, unroll: int = 1):
         scale = 1.0 / math.sqrt(dim)
-        self.w_ih = nnx.Param(jax.random.uniform(rngs.params(), (dim, 4 * dim), jnp.float32, -scale, scale))
-        self.w_hh = nnx.Param(jax.random.uniform(rngs.params(), (4 * dim, dim), jnp.float32, -scale, scale))
-        self.bias = nnx.Param(jnp.zeros((4 * dim,), jnp.float32))
+        self.w_ih = param(jax.random.uniform(rngs.params(), (dim, 4 * dim), jnp.float32, -scale, scale), "lstm_in", "lstm_gates")
+        self.w_hh = param(jax.random.uniform(rngs.params(), (4 * dim, dim), jnp.float32, -scale, scale), "lstm_gates", "lstm_in")
+        self.bias = param(jnp.zeros((4 * dim,), jnp.float32), "lstm_gates")
         self.dtype, self.unroll = dtype, unroll
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -422,8 +425,9 @@ class ResidualVectorQuantizer(nnx.Module):
     """K codebooks [K, codebook_size, D]; nearest neighbour by squared L2 distance, residual after each."""
 
     def __init__(self, cfg: EncodecConfig, *, rngs: nnx.Rngs):
-        self.codebooks = nnx.Param(
-            jax.random.normal(rngs.params(), (cfg.num_codebooks, cfg.codebook_size, cfg.hidden_size), jnp.float32)
+        self.codebooks = param(
+            jax.random.normal(rngs.params(), (cfg.num_codebooks, cfg.codebook_size, cfg.hidden_size), jnp.float32),
+            "codebooks", "code_bins", "code_dim",
         )
 
     def encode(self, latent: jax.Array) -> jax.Array:

@@ -16,20 +16,25 @@ so Tc = T + 1 in training):
         o = o + out_proj(causal_attention(q_j, k_j, v_j));  o = o + mlp(norm2(o))
 
 and LM layer i adds `gates[j] * attention(q + q_j[pos], k_j, v_j)` (not causal) to its own causal
-self-attention output, per head, before out_proj (`imgen_jax.lm.DecoderLayer`). The prefixes are
-returned stacked over ALL LM layers (`AudioPrefix` with a leading layer axis) so the LM keeps one
-scanned layer body: layers below `start` get zero q/k/v and a zero gate, which adds exactly 0.
+self-attention output, per head, before out_proj. The prefixes are stacked over ALL LM layers so the
+LM keeps one scanned layer body: layers below `start` get zero q/k/v and a zero gate, which adds
+exactly 0.
 
 Text fusion: LoRA on every LM layer's cross-attention q and v projections,
-q = x Wq + (alpha / r) (x A_q^T) B_q^T, likewise v; k unchanged (`imgen_jax.lm.CrossLoRA`).
+q = x Wq + (alpha / r) (x A_q^T) B_q^T, likewise v; k unchanged.
+
+Both reach the LM through one plug-in, `InstructFusion` (an `imgen_jax.models.lm.LayerFusion`): the audio
+prefix is its `self_attention_extra` hook, the LoRA its `cross_query_delta` / `cross_value_delta`
+hooks. `FusionConfig.mode` selects the parts: "both" (the official model), "audio" (audio fusion
+only, no LoRA) or "text" (LoRA only, no audio fusion): the paper's missing ablations.
 
 Parameter names (flat, as stored in `adapters.safetensors`; kernels are [in, out], the transpose
 of PyTorch's weight):
 
-    merge_linear   [A, dim, dim]        cp_transformer.merge_linear.{j}.weight^T
+    merge_linear   [A, dim, dim]        cp_transformer.merge_linear.{j}.weight^T       (modes both, audio)
     pos_emb        [A + 1, P, dim]      cp_transformer.pos_emb (P = pos_emb_frames, 501)
     gates          [A]                  cp_transformer.gates
-    lora_q/a       [L, dim, r]          ...layers.{i}.cross_attention.q_proj.lora_A.default.weight^T
+    lora_q/a       [L, dim, r]          ...layers.{i}.cross_attention.q_proj.lora_A.default.weight^T  (both, text)
     lora_q/b       [L, r, dim]          ...layers.{i}.cross_attention.q_proj.lora_B.default.weight^T
     lora_v/a, lora_v/b                  the same for v_proj
 """
@@ -37,6 +42,7 @@ of PyTorch's weight):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -46,11 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgen_jax.axes import param
 from imgen_jax.configs import config_from_dict, config_to_dict
 from imgen_jax.errors import ImgenError
-from imgen_jax.lm import NEG_INF, AudioPrefix, CrossLoRA, LMConfig, MusicGenLM, attention
+from imgen_jax.models.lm import NEG_INF, LayerFusion, LMConfig, MusicGenLM, attention, remat_body
 
 COMPONENT = "adapters"
+MODES = ("both", "audio", "text")  # FusionConfig.mode: audio fusion + LoRA, audio fusion only, LoRA only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +68,8 @@ class FusionConfig:
     The audio fusion sits on the last `adapter_layers` LM layers (start_layer = num_layers -
     adapter_layers; the official model: 48 of 48); LoRA (rank lora_r, scaling lora_alpha / lora_r;
     official: 32, 64) on the cross-attention of every layer; pos_emb covers `pos_emb_frames`
-    condition frames (official: 501 = 500 frames + the appended special frame).
+    condition frames (official: 501 = 500 frames + the appended special frame). mode: which parts exist,
+    "both" (official), "audio" (no LoRA) or "text" (no audio fusion).
     """
 
     dim: int = 2048
@@ -69,8 +78,11 @@ class FusionConfig:
     lora_r: int = 32
     lora_alpha: float = 64.0
     pos_emb_frames: int = 501
+    mode: str = "both"
 
     def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} must be one of {MODES}")
         if not 1 <= self.adapter_layers <= self.num_layers:
             raise ValueError(f"adapter_layers {self.adapter_layers} must be in 1..num_layers ({self.num_layers})")
         for name in ("dim", "lora_r", "pos_emb_frames"):
@@ -84,6 +96,14 @@ class FusionConfig:
     @property
     def lora_scaling(self) -> float:
         return self.lora_alpha / self.lora_r
+
+    @property
+    def has_audio(self) -> bool:
+        return self.mode in ("both", "audio")
+
+    @property
+    def has_lora(self) -> bool:
+        return self.mode in ("both", "text")
 
     @staticmethod
     def for_lm(lm_cfg: LMConfig, adapter_layers: int | None = None, **kw) -> "FusionConfig":
@@ -123,19 +143,20 @@ class InstructAdapters(nnx.Module):
         def uniform(shape):
             return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
 
-        self.merge_linear = nnx.Param(uniform((A, D, D)))
-        self.pos_emb = nnx.Param(jax.random.normal(rngs.params(), (A + 1, P, D), jnp.float32))
-        self.gates = nnx.Param(jnp.zeros((A,), jnp.float32))
-        self.lora_q = nnx.Dict(a=nnx.Param(uniform((L, D, r))), b=nnx.Param(jnp.zeros((L, r, D), jnp.float32)))
-        self.lora_v = nnx.Dict(a=nnx.Param(uniform((L, D, r))), b=nnx.Param(jnp.zeros((L, r, D), jnp.float32)))
+        # logical axis names (imgen_jax.axes): the stacked adapter / LM layer axis is "layers"
+        if cfg.has_audio:
+            self.merge_linear = param(uniform((A, D, D)), "layers", "embed", "embed")
+            self.pos_emb = param(jax.random.normal(rngs.params(), (A + 1, P, D), jnp.float32), "fusion_slots", "frames",
+                                 "embed")
+            self.gates = param(jnp.zeros((A,), jnp.float32), "layers")
 
-    def lora(self) -> CrossLoRA:
-        """The text-fusion LoRA, stacked over the LM layers, for `MusicGenLM` (hidden / init_cache)."""
-        L = self.cfg.num_layers
-        return CrossLoRA(
-            q_a=self.lora_q["a"][...], q_b=self.lora_q["b"][...], v_a=self.lora_v["a"][...], v_b=self.lora_v["b"][...],
-            scale=jnp.full((L,), self.cfg.lora_scaling, jnp.float32),
-        )
+        def lora():
+            return nnx.Dict(a=param(uniform((L, D, r)), "layers", "embed", "lora_rank"),
+                            b=param(jnp.zeros((L, r, D), jnp.float32), "layers", "lora_rank", "embed"))
+
+        if cfg.has_lora:
+            self.lora_q = lora()
+            self.lora_v = lora()
 
 
 def init_adapters(cfg: FusionConfig, seed: int = 0) -> InstructAdapters:
@@ -156,25 +177,22 @@ def condition_embedding(lm: MusicGenLM, cond_codes: jax.Array) -> jax.Array:
     return x.astype(lm.dtype)
 
 
-def audio_prefixes(lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.Array) -> AudioPrefix:
-    """The audio-fusion prefix of every LM layer, computed once per clip.
-
-    cond_codes [B, K, Tc] int, the special frame already appended (see `instruct.append_special`).
-    Returns AudioPrefix with q/k/v [num_layers, B, Tc, H, D] and gate [num_layers]; layers below
-    start_layer hold zeros (zero gate). Runs the LM's own layers start_layer.. (a slice of its
-    stacked weights inside the traced function, no copy in the model).
-    """
-    return audio_fusion_pass(lm, adapters, cond_codes)[0]
-
-
 def audio_fusion_pass(
     lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.Array, trace: bool = False
-) -> tuple[AudioPrefix, dict[str, jax.Array] | None]:
-    """`audio_prefixes`, and with `trace` the pass's intermediates (the official CPTransformer's tensors):
-    {"sum_code": c [B,Tc,dim], "cond": c @ merge_linear[j] + pos_emb[j+1] [A,B,Tc,dim], "o_out": the fusion
-    stream after adapter layer j [A,B,Tc,dim]}."""
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array], dict[str, jax.Array] | None]:
+    """The audio-fusion prefix of every LM layer, computed once per clip, and with `trace` the pass's
+    intermediates (the official CPTransformer's tensors).
+
+    cond_codes [B, K, Tc] int, the special frame already appended (see `instruct.append_special`).
+    Returns ((q, k, v) [num_layers, B, Tc, H, D], gate [num_layers]) - layers below start_layer hold
+    zeros with a zero gate - and the trace {"sum_code": c [B,Tc,dim], "cond": c @ merge_linear[j] +
+    pos_emb[j+1] [A,B,Tc,dim], "o_out": the fusion stream after adapter layer j [A,B,Tc,dim]} or None.
+    Runs the LM's own layers start_layer.. (a slice of its stacked weights inside the traced function).
+    """
     cfg, lcfg = adapters.cfg, lm.cfg
     cfg.check_lm(lcfg)
+    if not cfg.has_audio:
+        raise ImgenError(f"adapters of mode {cfg.mode!r} have no audio fusion")
     B, K, Tc = cond_codes.shape
     if K != lcfg.num_codebooks:
         raise ImgenError(f"condition codes have {K} codebooks, the LM has {lcfg.num_codebooks}")
@@ -203,34 +221,90 @@ def audio_fusion_pass(
         o = o + layer.mlp(layer.norm2(o))
         return o, ((q, k, v), {"cond": cond, "o_out": o} if trace else None)
 
-    _, ((q, k, v), per_layer) = jax.lax.scan(body, o, (s_adapted, merge, pos[1:]))
+    _, ((q, k, v), per_layer) = jax.lax.scan(remat_body(body, lm.remat), o, (s_adapted, merge, pos[1:]))
     gate = adapters.gates[...]
     if start:
         pad = [(start, 0)] + [(0, 0)] * 4
         q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
         gate = jnp.pad(gate, (start, 0))
-    return AudioPrefix(q=q, k=k, v=v, gate=gate), (dict(per_layer, sum_code=c) if trace else None)
+    return (q, k, v, gate), (dict(per_layer, sum_code=c) if trace else None)
 
 
-# ---- LoRA merged into the LM (inference convenience) ---------------------------------------------
-def merge_lora(lm: MusicGenLM, adapters: InstructAdapters) -> MusicGenLM:
-    """A copy of `lm` whose cross-attention q / kv kernels include the LoRA (W + scale * A^T B^T).
+def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    """scale * ((x a) b), in the dtype of x (peft's `lora_B(lora_A(x)) * scaling`)."""
+    return jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * jnp.asarray(scale, x.dtype)
 
-    For decoding with code that does not thread a `CrossLoRA` (equal to the unmerged path up to
-    float rounding). The copy shares every other array with `lm`; only the merged kernels are new.
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["q", "k", "v", "gate", "q_a", "q_b", "v_a", "v_b"],
+    meta_fields=["lora_scale", "clamp", "heads_major"],
+)
+@dataclasses.dataclass(frozen=True)
+class InstructFusion(LayerFusion):
+    """Instruct-MusicGen's fusion as an `imgen_jax.models.lm.LayerFusion`, stacked over the LM's layers.
+
+    Audio fusion (None in mode "text"): q, k, v [layers, B, Tc, H, D] (k, v [layers, B, H, Tc, D] when
+    heads_major) from `audio_fusion_pass`, gate [layers]; the query at position p reads q[min(p, clamp)]
+    (clamp None: Tc - 1; teacher forcing: query i reads i). LoRA (None in mode "audio"): q_a, v_a
+    [layers, dim, r], q_b, v_b [layers, r, dim], scaled by lora_scale = alpha / r.
     """
-    adapters.cfg.check_lm(lm.cfg)
-    lo = adapters.lora()
-    s = adapters.cfg.lora_scaling
-    D = lm.cfg.dim
-    graphdef, state = nnx.split(lm)
-    merged = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))  # new Variables, same arrays
-    q, kv = merged.layers.cross_attn.q_proj.kernel, merged.layers.cross_attn.kv_proj.kernel
-    dq = jnp.einsum("ldr,lre->lde", lo.q_a, lo.q_b) * s
-    dv = jnp.einsum("ldr,lre->lde", lo.v_a, lo.v_b) * s
-    q.set_value(q[...] + dq.astype(q[...].dtype))
-    kv.set_value(kv[...].at[:, :, D:].add(dv.astype(kv[...].dtype)))
-    return merged
+
+    q: jax.Array | None = None
+    k: jax.Array | None = None
+    v: jax.Array | None = None
+    gate: jax.Array | None = None
+    q_a: jax.Array | None = None
+    q_b: jax.Array | None = None
+    v_a: jax.Array | None = None
+    v_b: jax.Array | None = None
+    lora_scale: float = 1.0
+    clamp: int | None = None
+    heads_major: bool = False
+
+    def self_attention_extra(self, q, positions):
+        if self.q is None:
+            return None
+        if positions is None:  # teacher forcing: query i reads prefix position i (a slice: no scatter in the gradient)
+            qp = self.q[:, : q.shape[1]]
+        else:
+            clamp = self.clamp if self.clamp is not None else self.q.shape[1] - 1
+            qp = jnp.take(self.q, jnp.minimum(positions, clamp), axis=1)
+        y = attention(q + qp.astype(q.dtype), self.k, self.v, None, heads_major=self.heads_major)
+        return self.gate.astype(y.dtype) * y
+
+    def cross_query_delta(self, h):
+        return None if self.q_a is None else lora_delta(h, self.q_a, self.q_b, self.lora_scale)
+
+    def cross_value_delta(self, memory):
+        return None if self.v_a is None else lora_delta(memory, self.v_a, self.v_b, self.lora_scale)
+
+    def for_guidance(self) -> "InstructFusion":
+        if self.q is None:
+            return self
+        dup = lambda a: jnp.concatenate([a, a], axis=1)  # noqa: E731 - rows are axis 1 of the stacked arrays
+        return dataclasses.replace(self, q=dup(self.q), k=dup(self.k), v=dup(self.v))
+
+    def for_decoding(self, heads_major: bool) -> "InstructFusion":
+        if self.q is None or heads_major == self.heads_major:
+            return self
+        return dataclasses.replace(self, k=self.k.swapaxes(2, 3), v=self.v.swapaxes(2, 3), heads_major=heads_major)
+
+
+def instruct_fusion(
+    lm: MusicGenLM, adapters: InstructAdapters, cond_ext: jax.Array | None, clamp: int | None = None
+) -> InstructFusion:
+    """The `InstructFusion` of `adapters` for condition codes cond_ext [B, K, Tc] (special frame appended;
+    unused, may be None, in mode "text"); clamp: the largest prefix position a decoding query reads."""
+    cfg = adapters.cfg
+    parts = {}
+    if cfg.has_audio:
+        (q, k, v, gate), _ = audio_fusion_pass(lm, adapters, cond_ext)
+        parts.update(q=q, k=k, v=v, gate=gate, clamp=clamp)
+    if cfg.has_lora:
+        parts.update(q_a=adapters.lora_q["a"][...], q_b=adapters.lora_q["b"][...], v_a=adapters.lora_v["a"][...],
+                     v_b=adapters.lora_v["b"][...], lora_scale=float(cfg.lora_scaling))
+    return InstructFusion(**parts)
 
 
 # ---- adapters in a converted model directory -------------------------------------------------------
@@ -291,6 +365,7 @@ def load_adapters(model_dir: str | os.PathLike, lm_cfg: LMConfig | None = None) 
 
 
 __all__ = [
-    "FusionConfig", "InstructAdapters", "init_adapters", "abstract_adapters", "condition_embedding",
-    "audio_prefixes", "audio_fusion_pass", "merge_lora", "save_adapters", "read_adapters", "load_adapters",
+    "MODES", "FusionConfig", "InstructAdapters", "init_adapters", "abstract_adapters", "condition_embedding",
+    "audio_fusion_pass", "lora_delta", "InstructFusion", "instruct_fusion", "save_adapters", "read_adapters",
+    "load_adapters",
 ]

@@ -1,35 +1,29 @@
-"""Instruct-MusicGen: a frozen MusicGen LM plus the trainable `InstructAdapters` (imgen_jax.fusion).
+"""Instruct-MusicGen: a frozen MusicGen LM plus the trainable `InstructAdapters` (imgen_jax.instruct.fusion).
 
 Training forward (the official `Instructor.forward(mode="train")` + `LMModel.compute_predictions`):
 
     cond_ext = cond_codes with one frame of the special token appended        [B, K, T+1]
-    prefixes = audio_prefixes(lm, adapters, cond_ext)                          once per clip
-    logits, mask = lm.frame_logits(target_codes, memory, None, prefixes=prefixes,
-                                   prefix_pos=None (step i reads i), lora=adapters.lora())
+    fusion = instruct_fusion(lm, adapters, cond_ext)                           prefixes once per clip
+    logits, mask = lm.frame_logits(target_codes, memory, None, fusion=fusion)  query i reads prefix i
     loss = mean cross-entropy of logits[mask] against target_codes[mask]
 
 `memory` is `lm.text_memory(t5_hidden, text_mask)` (output_proj of the T5 states, padded rows
 zeroed) and the cross-attention uses no key mask, as the official code.
 
-Decoding: `decode_fusion` computes the prefixes once per clip and gives the prefix-query clamp of
-the official crop: the step at input position p reads q_j[min(p, N - 1)], N = frames decoded, the
-prefix covering the first N + 1 frames of the condition with its special frame appended. The LoRA
-goes to `MusicGenLM.init_cache(..., lora=...)` and every `extend` applies it (or use
-`fusion.merge_lora` for decode code that does not thread it, as `imgen_jax.generate` today).
-`edit()` (codec + text + decode) comes later.
+Decoding: `decode_fusion` computes the prefixes once per clip with the clamp of the official crop:
+the step at input position p reads q_j[min(p, N - 1)], N = frames decoded, the prefix covering the
+first N + 1 frames of the condition with its special frame appended. Pass it as
+`generate(..., fusion=...)`; `imgen_jax.instruct.edit` runs whole edits (codec + text + windows + decode).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from imgen_jax.errors import ImgenError
-from imgen_jax.fusion import InstructAdapters, audio_prefixes
-from imgen_jax.lm import AudioPrefix, CrossLoRA, MusicGenLM
+from imgen_jax.instruct.fusion import InstructAdapters, InstructFusion, instruct_fusion
+from imgen_jax.models.lm import MusicGenLM
 
 
 def append_special(cond_codes: jax.Array, special_token: int) -> jax.Array:
@@ -51,11 +45,10 @@ def _check_codes(lm: MusicGenLM, target_codes: jax.Array, cond_codes: jax.Array)
 
 
 def _training_fusion(lm: MusicGenLM, adapters: InstructAdapters, target_codes: jax.Array, cond_codes: jax.Array) -> dict:
-    """The fusion arguments of the teacher-forced forward (`MusicGenLM.hidden`'s prefixes / prefix_pos / lora):
-    the prefix of the condition with its special frame appended, step i reading prefix position i."""
+    """`MusicGenLM.hidden`'s fusion argument of the teacher-forced forward: the prefix of the condition with
+    its special frame appended (step i reads prefix position i) and the LoRA."""
     _check_codes(lm, target_codes, cond_codes)
-    prefixes = audio_prefixes(lm, adapters, append_special(cond_codes, lm.cfg.special_token))
-    return {"prefixes": prefixes, "prefix_pos": None, "lora": adapters.lora()}
+    return {"fusion": instruct_fusion(lm, adapters, append_special(cond_codes, lm.cfg.special_token))}
 
 
 def instruct_frame_logits(
@@ -101,27 +94,14 @@ def instruct_loss(
     return lm.frame_loss(target_codes, memory, text_mask, **_training_fusion(lm, adapters, target_codes, cond_codes))
 
 
-class DecodeFusion(NamedTuple):
-    """What a decode loop needs from the adapters, computed once per clip.
-
-    prefixes: AudioPrefix stacked over layers (q/k/v [layers, B, N+1, H, D] for N decoded frames);
-    lora: CrossLoRA for `MusicGenLM.init_cache(..., lora=lora)`; prefix_clamp: N - 1, the largest prefix
-    position a step reads (the step at input position p uses min(p, prefix_clamp)).
-    """
-
-    prefixes: AudioPrefix
-    lora: CrossLoRA
-    prefix_clamp: int
-
-
 def decode_fusion(
     lm: MusicGenLM, adapters: InstructAdapters, cond_codes: jax.Array, num_frames: int | None = None
-) -> DecodeFusion:
-    """Prefixes and LoRA for decoding `num_frames` frames conditioned on cond_codes [B,K,T] (no special frame).
+) -> InstructFusion:
+    """The fusion for decoding `num_frames` frames conditioned on cond_codes [B,K,T] (no special frame).
 
     As the official `generate`: the special frame is appended to the whole condition (T+1 frames) and
     a window of N = num_frames frames (default T) is conditioned on its first N+1 frames, so with
-    N < T the prefix ends on a real frame, not the special one; prefix_clamp = N - 1.
+    N < T the prefix ends on a real frame, not the special one; the clamp is N - 1.
     """
     K = lm.cfg.num_codebooks
     if cond_codes.ndim != 3 or cond_codes.shape[1] != K or cond_codes.shape[-1] < 1:
@@ -131,42 +111,9 @@ def decode_fusion(
     if not 1 <= N <= T:
         raise ImgenError(f"num_frames {N} must be in 1..{T} (the condition's frames)")
     cond_ext = append_special(cond_codes, lm.cfg.special_token)[:, :, : N + 1]
-    prefixes = audio_prefixes(lm, adapters, cond_ext)
-    return DecodeFusion(prefixes=prefixes, lora=adapters.lora(), prefix_clamp=N - 1)
-
-
-def prefix_positions(positions: jax.Array, prefix_clamp: int | jax.Array) -> jax.Array:
-    """The prefix-query position of each decoding input position (the official crop)."""
-    return jnp.minimum(positions, prefix_clamp)
-
-
-class InstructMusicGen(nnx.Module):
-    """The frozen LM and the trainable adapters together (training mode for now; `edit()` comes later).
-
-    For gradients of exactly the adapters: `nnx.grad(lambda m: m.loss(...), argnums=nnx.DiffState(0,
-    nnx.All(nnx.Param, nnx.PathContains('adapters'))))(model)`, or functionally
-    `nnx.grad(lambda ad: instruct_loss(lm, ad, ...))(adapters)`.
-    """
-
-    def __init__(self, lm: MusicGenLM, adapters: InstructAdapters):
-        adapters.cfg.check_lm(lm.cfg)
-        self.lm = lm
-        self.adapters = adapters
-
-    def text_memory(self, text_hidden: jax.Array, text_mask: jax.Array | None) -> jax.Array:
-        return self.lm.text_memory(text_hidden, text_mask)
-
-    def frame_logits(self, target_codes, cond_codes, memory, text_mask=None) -> tuple[jax.Array, jax.Array]:
-        return instruct_frame_logits(self.lm, self.adapters, target_codes, cond_codes, memory, text_mask)
-
-    def loss(self, target_codes, cond_codes, memory, text_mask=None) -> jax.Array:
-        return instruct_loss(self.lm, self.adapters, target_codes, cond_codes, memory, text_mask)
-
-    def decode_fusion(self, cond_codes, num_frames: int | None = None) -> DecodeFusion:
-        return decode_fusion(self.lm, self.adapters, cond_codes, num_frames)
+    return instruct_fusion(lm, adapters, cond_ext, clamp=N - 1)
 
 
 __all__ = [
-    "append_special", "instruct_frame_logits", "masked_cross_entropy", "instruct_loss", "DecodeFusion",
-    "decode_fusion", "prefix_positions", "InstructMusicGen",
+    "append_special", "instruct_frame_logits", "masked_cross_entropy", "instruct_loss", "decode_fusion",
 ]
