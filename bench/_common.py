@@ -35,6 +35,26 @@ def timed_once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, for the benchmark log (other work slows both sides)."""
+    return "load average (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def alternate(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each side, timed in turns (A B A B ...) so that background load hits all sides
+    alike; `warmup` untimed calls of each side first. Every `fn` must block until its result is ready."""
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def device_line() -> str:
     """One line naming the JAX backend and devices, for the benchmark header."""
     import jax

@@ -5,20 +5,19 @@ Same LM on both sides (random weights, musicgen-small shape by default: 1024 x 2
 top-k 250, seed 0), batch 1, 12-token text memory. The edit adds what Instruct-MusicGen adds: the
 audio-fusion prefix (a pass of the condition through the LM's own layers, once per window) and the
 gated prefix attention in every decoding step of every adapter layer, and the LoRA's q delta in every
-step of every layer (its v delta is in the text values, once). Both sides are compiled before timing (compile reported apart).
+step of every layer (its v delta is in the text values, once). Both sides are compiled before timing
+(compile reported apart), then timed in turns (generate, edit, generate, ...); the load average is printed.
 
 Last line: `fusion_overhead: X.XX` = edit seconds / generation seconds.
 
-    python bench/edit.py [--seconds 10] [--size small|medium|large] [--repeats 1]
+    python bench/edit.py [--seconds 10] [--size small|medium|large] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from _common import device_line
+from _common import alternate, device_line, load_average, timed_once
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--size", default="small", choices=("small", "medium", "large"))
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (quick runs)")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
     import dataclasses
@@ -66,19 +65,11 @@ def main() -> None:
     def run_edit():
         return edit_tokens(lm, adapters, cond, memory, edit_cfg).block_until_ready()
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        runs = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - t0)
-        return first, statistics.median(runs)
-
-    g_first, g = timed(run_generate)
-    e_first, e = timed(run_edit)
+    g_first, e_first = timed_once(run_generate), timed_once(run_edit)  # compile + first run
+    print(load_average(), "at start")
+    med = alternate({"generate": run_generate, "edit": run_edit}, args.repeats, warmup=0)
+    g, e = med["generate"], med["edit"]
+    print(load_average(), "at end")
     steps = frames + cfg.num_codebooks
     print(f"model: {args.size} ({cfg.num_layers} layers x {cfg.dim}), {frames} frames ({steps} decode steps), batch 1, CFG")
     print(f"generate: {g:.2f} s ({steps / g:.1f} steps/s); first call incl. compile {g_first:.2f} s")

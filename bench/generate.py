@@ -13,7 +13,9 @@ OpenMP's multi-threaded kernels can slow down several-fold, so PyTorch's time is
 JAX is compiled ahead of time (`compile_generate`, timed separately) and then timed on one call of the
 compiled decode program, between the two PyTorch runs.
 
-Prints, per batch: seconds and decode steps/s of each side, the JAX compile time, the load average;
+Prints, per batch: seconds and decode steps/s of each side, the JAX compile time, the load average, and
+the decode loop's weight-read rate next to the machine's matrix-vector ceiling measured in the same run
+(x [2B, K] @ W [K, N] over the step's weight shapes) and the fraction of it reached;
 the last line is `speedup: X.XX` = PyTorch seconds / JAX seconds (excluding compile) at the first --batch.
 
     python bench/generate.py [--seconds 5] [--batch 1 4] [--layers 24] [--torch-threads N ...]
@@ -33,6 +35,35 @@ from imgen_jax import vocab
 
 def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def decode_weight_shapes(cfg) -> list[tuple[int, int]]:
+    """[K, N] shapes of the weights one decode step reads: per layer the self-attention in/out projections,
+    the cross-attention query / out projections (the text keys / values are computed once, before the
+    loop) and the MLP, then the K output heads."""
+    d, f = cfg.dim, cfg.ffn_dim
+    per_layer = [(d, 3 * d), (d, d), (d, d), (d, d), (d, f), (f, d)]
+    return per_layer * cfg.num_layers + [(d, cfg.card)] * cfg.num_codebooks
+
+
+def matvec_ceiling(shapes: list[tuple[int, int]], rows: int, repeats: int = 5) -> tuple[float, float]:
+    """(seconds, GB/s) of the machine's matrix-vector ceiling for a decode step: x [rows, K] @ W [K, N] for
+    every weight shape of the step, one jitted program, float32 (the weights read once per call)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from _common import median_seconds
+
+    rng = np.random.default_rng(0)
+    ws = [jnp.asarray(rng.standard_normal((k, n), np.float32)) for k, n in shapes]
+    xs = {k: jnp.asarray(rng.standard_normal((rows, k), np.float32)) for k in {k for k, _ in shapes}}
+    probe = jax.jit(lambda xs, ws: [xs[w.shape[0]] @ w for w in ws])
+    jax.block_until_ready(probe(xs, ws))
+    t = median_seconds(lambda: jax.block_until_ready(probe(xs, ws)), repeats)
+    nbytes = sum(4 * k * n for k, n in shapes)
+    del ws
+    return t, nbytes / t / 1e9
 
 
 def _compile_only(args) -> None:
@@ -162,6 +193,13 @@ def main() -> None:
         best = min(t_torch.values())
         results[B] = (best, t_jax)
         print(f"batch {B}: ratio {best / t_jax:.2f} (best torch {best:.2f} s / jax {t_jax:.2f} s)")
+        shapes = decode_weight_shapes(cfg)
+        step_bytes = sum(4 * k * n for k, n in shapes)
+        rate = step_bytes * new_tokens / t_jax / 1e9
+        t_probe, ceiling = matvec_ceiling(shapes, 2 * B)
+        print(f"batch {B}: decode loop reads {step_bytes / 1e9:.2f} GB of weights per step: {rate:.1f} GB/s; "
+              f"matrix-vector ceiling (x [{2 * B}, K] @ W [K, N], the step's weight shapes, one jit): "
+              f"{ceiling:.1f} GB/s ({t_probe * 1000:.1f} ms); fraction {rate / ceiling:.2f}  (load average {_load()})")
     t_torch, t_jax = results[args.batch[0]]
     print(f"speedup: {t_torch / t_jax:.2f}")
 

@@ -2,7 +2,8 @@
 
 musicgen-small decoder shape (1024 x 24 layers, 16 heads, 4 codebooks x 2048) on
 batch 2 x 250 pattern steps with a 12-token text memory. Both sides compute the full
-logits [B, K, S, card] in float32. Prints per-side medians after warm-up, the JAX compile
+logits [B, K, S, card] in float32. The sides run in turns (torch, jax, torch, ...); prints per-side
+medians after warm-up, the load average, the JAX compile
 time separately, and as its last line `speedup: X.XX` (PyTorch seconds / JAX seconds).
 
     python bench/lm_forward.py [--batch 2] [--steps 250] [--repeats 5] [--layers 24]
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from _common import device_line, median_seconds, timed_once
+from _common import alternate, device_line, load_average, timed_once
 
 
 def main() -> None:
@@ -68,12 +69,14 @@ def main() -> None:
     theirs = torch_fwd().reshape(B, K, S, card).numpy()
     err = float(np.abs(ours - theirs).max())
 
-    t_torch = median_seconds(torch_fwd, args.repeats)
-    t_jax = median_seconds(lambda: forward(j_seq, j_mem).block_until_ready(), args.repeats)
+    print(load_average(), "at start")
+    med = alternate({"torch": torch_fwd, "jax": lambda: forward(j_seq, j_mem).block_until_ready()}, args.repeats)
+    t_torch, t_jax = med["torch"], med["jax"]
+    print(load_average(), "at end")
     print(f"shape: batch {B} x {S} steps, {args.layers} layers x {dim}; max |jax - torch| = {err:.2e}")
     print(f"jax compile (first call): {compile_s:.2f} s")
-    print(f"torch forward: {t_torch * 1000:.1f} ms (median of {args.repeats})")
-    print(f"jax forward:   {t_jax * 1000:.1f} ms (median of {args.repeats})")
+    print(f"torch forward: {t_torch * 1000:.1f} ms (median of {args.repeats}, sides alternated)")
+    print(f"jax forward:   {t_jax * 1000:.1f} ms (median of {args.repeats}, sides alternated)")
     print(f"speedup: {t_torch / t_jax:.2f}")
 
 

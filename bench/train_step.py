@@ -21,7 +21,7 @@ import argparse
 import math
 import os
 
-from _common import device_line, median_seconds, timed_once
+from _common import alternate, device_line, load_average, timed_once
 
 
 def torch_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd):
@@ -137,9 +137,16 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=16)
     ap.add_argument("--lora-r", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--host-devices", type=int, default=1,
+                    help="JAX side: split the CPU into N host devices and the batch over them (data parallel, "
+                         "replicated weights, gradients all-reduced): the elementwise fusions, which XLA:CPU runs "
+                         "on one thread per device, then run on N threads")
     args = ap.parse_args()
 
     import jax
+
+    if args.host_devices > 1:
+        jax.config.update("jax_num_cpu_devices", args.host_devices)  # before the backend starts
     import jax.numpy as jnp
     import numpy as np
     import optax
@@ -192,9 +199,16 @@ def main() -> None:
     params0 = jax.tree.map(np.asarray, nnx.to_pure_dict(ad_state))  # host copies: the step donates its inputs
     optimizer = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
 
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[: args.host_devices]), ("data",))
+    rep, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    if B % args.host_devices:
+        raise SystemExit(f"--batch {B} must be a multiple of --host-devices {args.host_devices}")
+
     def fresh():
-        p = jax.tree.map(jnp.array, params0)
-        return p, optimizer.init(p)
+        p = jax.device_put(jax.tree.map(jnp.array, params0), rep)
+        return p, jax.device_put(optimizer.init(p), rep)
 
     def jax_step(params, opt_state, lm_state, tgt, cond, memory, mask):
         loss, grads = codes_loss_and_grads(nnx.merge(lm_def, lm_state), ad_def, params, tgt, cond, memory, mask)
@@ -202,7 +216,7 @@ def main() -> None:
         return params, opt_state, loss
 
     step_j = jit(jax_step, donate_argnums=(0, 1))
-    j_in = (lm_state, jnp.asarray(tgt), jnp.asarray(cond), jnp.asarray(memory), jnp.asarray(mask))
+    j_in = (jax.device_put(lm_state, rep),) + tuple(jax.device_put(jnp.asarray(a), rows) for a in (tgt, cond, memory, mask))
     state = dict(zip("po", fresh()))
 
     def run_jax():
@@ -222,18 +236,19 @@ def main() -> None:
         print(f"{what}: jax {a:.6f} torch {b:.6f} (rel diff {rel:.1e})")
         assert rel <= 1e-4, f"{what}: the two implementations disagree ({rel:.2e})"
 
-    t_torch = median_seconds(lambda: t_step(*t_in), args.repeats)
-    t_jax = median_seconds(run_jax, args.repeats)
+    print(load_average(), "at start")
+    med = alternate({"torch": lambda: t_step(*t_in), "jax": run_jax}, args.repeats)
+    t_torch, t_jax = med["torch"], med["jax"]
     tokens = B * K * T
     n_ad = sum(v.size for v in ad_flat.values())
     n_lm = sum(v.size for v in lm_flat.values())
     print(f"shape: LM {args.layers} layers x {args.dim} ({args.heads} heads, card {args.card}, {n_lm / 1e6:.1f}M frozen), "
           f"adapters {n_ad / 1e6:.2f}M trainable (fusion on all layers, LoRA r {args.lora_r}); batch {B} x {T} frames, "
           f"text {L}; EnCodec and T5 excluded on both sides")
-    print(f"jax compile (first call): {compile_s:.2f} s")
-    print(f"torch step: {t_torch * 1000:.1f} ms = {1 / t_torch:.2f} steps/s, {tokens / t_torch:.0f} tokens/s (median of {args.repeats})")
-    print(f"jax step:   {t_jax * 1000:.1f} ms = {1 / t_jax:.2f} steps/s, {tokens / t_jax:.0f} tokens/s (median of {args.repeats})")
-    print(f"load average: {os.getloadavg()[0]:.2f}")
+    print(f"jax compile (first call): {compile_s:.2f} s; {args.host_devices} host device(s), batch split over them")
+    print(f"torch step: {t_torch * 1000:.1f} ms = {1 / t_torch:.2f} steps/s, {tokens / t_torch:.0f} tokens/s (median of {args.repeats}, sides alternated)")
+    print(f"jax step:   {t_jax * 1000:.1f} ms = {1 / t_jax:.2f} steps/s, {tokens / t_jax:.0f} tokens/s (median of {args.repeats}, sides alternated)")
+    print(load_average(), "at end")
     print(f"speedup: {t_torch / t_jax:.2f}")
 
 

@@ -245,7 +245,9 @@ class InstructFusion(LayerFusion):
     """Instruct-MusicGen's fusion as an `imgen_jax.models.lm.LayerFusion`, stacked over the LM's layers.
 
     Audio fusion (None in mode "text"): q, k, v [layers, B, Tc, H, D] (k, v [layers, B, H, Tc, D] when
-    heads_major) from `audio_fusion_pass`, gate [layers]; the query at position p reads q[min(p, clamp)]
+    heads_major) from `audio_fusion_pass`, gate [layers]; with n times as many query rows as prefix rows
+    (classifier-free guidance: n = 2) prefix row b serves query rows b, B + b, ...; the query at position
+    p reads q[min(p, clamp)]
     (clamp None: Tc - 1; teacher forcing: query i reads i). LoRA (None in mode "audio"): q_a, v_a
     [layers, dim, r], q_b, v_b [layers, r, dim], scaled by lora_scale = alpha / r.
     """
@@ -270,7 +272,18 @@ class InstructFusion(LayerFusion):
         else:
             clamp = self.clamp if self.clamp is not None else self.q.shape[1] - 1
             qp = jnp.take(self.q, jnp.minimum(positions, clamp), axis=1)
-        y = attention(q + qp.astype(q.dtype), self.k, self.v, None, heads_major=self.heads_major)
+        rows, prefix_rows = q.shape[0], self.q.shape[0]
+        if rows == prefix_rows:
+            y = attention(q + qp.astype(q.dtype), self.k, self.v, None, heads_major=self.heads_major)
+            return self.gate.astype(y.dtype) * y
+        # classifier-free guidance: the conditional and unconditional halves share one prefix (for_guidance),
+        # so each prefix row serves a group of query rows, folded into its query axis: the prefix keys and
+        # values are read once per step for both halves.
+        groups, S = rows // prefix_rows, q.shape[1]
+        qg = q.reshape(groups, prefix_rows, *q.shape[1:]) + qp.astype(q.dtype)[None]
+        qg = qg.swapaxes(0, 1).reshape(prefix_rows, groups * S, *q.shape[2:])
+        y = attention(qg, self.k, self.v, None, heads_major=self.heads_major)
+        y = y.reshape(prefix_rows, groups, S, *q.shape[2:]).swapaxes(0, 1).reshape(q.shape)
         return self.gate.astype(y.dtype) * y
 
     def cross_query_delta(self, h):
@@ -280,10 +293,9 @@ class InstructFusion(LayerFusion):
         return None if self.v_a is None else lora_delta(memory, self.v_a, self.v_b, self.lora_scale)
 
     def for_guidance(self) -> "InstructFusion":
-        if self.q is None:
-            return self
-        dup = lambda a: jnp.concatenate([a, a], axis=1)  # noqa: E731 - rows are axis 1 of the stacked arrays
-        return dataclasses.replace(self, q=dup(self.q), k=dup(self.k), v=dup(self.v))
+        # the unconditional rows keep the audio condition (only the text is dropped), so both halves of a
+        # CFG batch read the same prefix: keep one copy (B rows); self_attention_extra serves 2B query rows
+        return self
 
     def for_decoding(self, heads_major: bool) -> "InstructFusion":
         if self.q is None or heads_major == self.heads_major:

@@ -154,7 +154,8 @@ class LayerFusion:
     - cross_value_delta(memory): memory [B,L,dim] -> [B,L,dim] added to the text values (computed with the
       text keys / values: once per decode, before the loop).
     - for_guidance(): the fusion for a classifier-free-guidance batch of 2B rows (the B conditional rows,
-      then the B unconditional ones) from the one for B rows.
+      then the B unconditional ones) from the one for B rows. It may keep arrays of B rows that both halves
+      share when its hooks accept 2B-row inputs against them (InstructFusion does: one prefix read per step).
     - for_decoding(heads_major): the fusion as the KV-cached decode wants it, once before the loop;
       heads_major True: the LM's per-layer cache path, whose attention takes keys / values [B,H,T,D].
     """
