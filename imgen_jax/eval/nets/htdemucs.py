@@ -706,14 +706,14 @@ class Separator:
         self.channels = self.cfg.audio_channels
         self.batch_size = int(batch_size)
         self.overlap = overlap
-        self._forward = jit_method(model, HTDemucs.__call__)
+        self.forward = jit_method(model, HTDemucs.__call__)  # [batch, A, L] -> [batch, S, A, L], jitted
 
     def _segments(self, windows: np.ndarray) -> np.ndarray:
         """The model on windows [K, A, L] in fixed-shape batches -> [K, S, A, L]."""
         k = windows.shape[0]
         bs = self.batch_size
         padded = np.concatenate([windows, np.zeros((-k % bs, *windows.shape[1:]), np.float32)])
-        outs = [np.asarray(self._forward(jnp.asarray(padded[i:i + bs]))) for i in range(0, len(padded), bs)]
+        outs = [np.asarray(self.forward(jnp.asarray(padded[i:i + bs]))) for i in range(0, len(padded), bs)]
         return np.concatenate(outs)[:k]
 
     def apply(self, mix: np.ndarray) -> np.ndarray:
