@@ -34,12 +34,12 @@ def _rel(got, want) -> float:
     return float(np.linalg.norm(np.asarray(got, np.float64) - want) / np.linalg.norm(want))
 
 
-def _reference_package(path, segment) -> None:
-    """An HTDemucs with random weights of the published shapes, saved as demucs' serialize_model does."""
+def _reference_package(path, segment, **kwargs) -> None:
+    """An HTDemucs with random weights (default: of the published shapes), saved as demucs' serialize_model does."""
     from demucs.htdemucs import HTDemucs
 
     torch.manual_seed(0)
-    model = HTDemucs(sources=SOURCES, segment=segment, **PUBLISHED)
+    model = HTDemucs(sources=SOURCES, segment=segment, **(kwargs or PUBLISHED))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".scale"):  # LayerScales (1e-3 / 1e-4 at init): make every branch count
@@ -82,6 +82,32 @@ def test_htdemucs_forward_matches_demucs(converted):
     got = np.asarray(sep.forward(jnp.asarray(x)))
     assert got.shape == want.shape == (2, 4, 2, 11025)
     assert _rel(got[0], want[0]) < TOL and _rel(got[1], want[1]) < TOL
+
+
+def test_htdemucs_other_structure_matches_demucs(tmp_path):
+    """A small HTDemucs with the branches the published one skips: depth 5 (the time branch's last layer is
+    conv-only and is injected into the freq branch, whose last layer collapses 8 bins to 1; the time
+    decoder starts from the freq decoder's pre-activation), GroupNorms (norm_starts 3), no bottom
+    channels, cross attention first, DConv in the encoder only, rewrite context 1 in the encoder."""
+    import jax.numpy as jnp
+    from demucs.states import load_model
+
+    from convert.htdemucs_weights import convert_htdemucs
+    from imgen_jax.eval.nets.htdemucs import HTDemucs, load_htdemucs
+    from imgen_jax.xla import jit_method
+
+    kw = dict(channels=8, depth=5, norm_starts=3, bottom_channels=0, t_layers=2, t_cross_first=True,
+              dconv_mode=1, context_enc=1)
+    _reference_package(tmp_path / "small.th", Fraction(1, 4), **kw)
+    cfg = convert_htdemucs(tmp_path / "small.th", tmp_path / "small.safetensors")
+    assert (cfg.depth, cfg.channels, cfg.bottom_channels, cfg.t_cross_first) == (5, 8, 0, True)
+    ref_model = load_model(str(tmp_path / "small.th")).eval()
+    assert ref_model.tencoder[4].empty
+    x = (0.3 * np.random.default_rng(6).standard_normal((1, 2, 11025))).astype(np.float32)
+    with torch.no_grad():
+        want = ref_model(torch.from_numpy(x)).numpy()
+    got = np.asarray(jit_method(load_htdemucs(tmp_path / "small.safetensors"), HTDemucs.__call__)(jnp.asarray(x)))
+    assert _rel(got, want) < TOL
 
 
 def test_htdemucs_separate_matches_apply_model(converted):

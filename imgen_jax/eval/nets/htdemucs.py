@@ -118,10 +118,6 @@ class HTDemucsConfig:
     t_weight_pos_embed: float = 1.0
     t_cross_first: bool = False
 
-    @property
-    def hop(self) -> int:
-        return self.nfft // 4
-
 
 # ------------------------------------------------------------------ layer plan (mirrors HTDemucs.__init__)
 
@@ -708,30 +704,29 @@ class Separator:
         self.overlap = overlap
         self.forward = jit_method(model, HTDemucs.__call__)  # [batch, A, L] -> [batch, S, A, L], jitted
 
-    def _segments(self, windows: np.ndarray) -> np.ndarray:
-        """The model on windows [K, A, L] in fixed-shape batches -> [K, S, A, L]."""
-        k = windows.shape[0]
-        bs = self.batch_size
-        padded = np.concatenate([windows, np.zeros((-k % bs, *windows.shape[1:]), np.float32)])
-        outs = [np.asarray(self.forward(jnp.asarray(padded[i:i + bs]))) for i in range(0, len(padded), bs)]
-        return np.concatenate(outs)[:k]
-
     def apply(self, mix: np.ndarray) -> np.ndarray:
-        """apply_model(shifts=0, split=True): mix [A, n] (already normalised) -> [S, A, n] float32."""
-        seg = self.cfg.segment_length
+        """apply_model(shifts=0, split=True): mix [A, n] (already normalised) -> [S, A, n] float32.
+
+        Segments go through the jitted forward `batch_size` at a time (the last batch zero-filled),
+        so every call has the shape [batch_size, A, L].
+        """
+        seg, bs = self.cfg.segment_length, self.batch_size
         n = mix.shape[-1]
         offsets = chunk_offsets(n, seg, self.overlap)
-        windows = np.stack([centred_window(mix, o, seg, seg) for o in offsets]).astype(np.float32)
-        outs = self._segments(windows)
         weight = transition_weight(seg)
         out = np.zeros((len(self.sources), mix.shape[0], n), np.float32)
         total = np.zeros(n, np.float32)
-        for o, chunk in zip(offsets, outs):
-            length = min(n - o, seg)
-            d = seg - length
-            chunk = chunk[..., d // 2: d // 2 + length]  # center_trim
-            out[..., o:o + length] += weight[:length] * chunk
-            total[o:o + length] += weight[:length]
+        for i in range(0, len(offsets), bs):
+            batch = offsets[i:i + bs]
+            windows = np.zeros((bs, mix.shape[0], seg), np.float32)
+            for j, o in enumerate(batch):
+                windows[j] = centred_window(mix, o, seg, seg)
+            outs = np.asarray(self.forward(jnp.asarray(windows)))
+            for o, chunk in zip(batch, outs):
+                length = min(n - o, seg)
+                d = seg - length
+                out[..., o:o + length] += weight[:length] * chunk[..., d // 2: d // 2 + length]  # center_trim
+                total[o:o + length] += weight[:length]
         return out / total
 
     def separate(self, mix: np.ndarray, shifts: int = 0, seed: int = 0) -> np.ndarray:
