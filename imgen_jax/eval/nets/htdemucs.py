@@ -50,6 +50,15 @@ Differences from the reference, all documented choices: demucs 4.0.1's CLI norma
 duplicated to the model's channels here (as demucs' `convert_audio` does); the output always has
 the model's channels. The forward is jitted for one fixed shape [batch, A, L], so a mix of any
 length compiles once. Weights: convert/htdemucs_weights.py; parity: tests/test_eval_demucs.py.
+
+Use:
+
+    sep = htdemucs_separator(load_htdemucs("htdemucs.safetensors"), batch_size=1)
+    stems = sep.separate(mix)          # mix [2 or 1, n] float32 at 44.1 kHz -> [4, 2, n]
+    vocals = stems[sep.sources.index("vocals")]
+
+`sep.forward` is the jitted model, [batch_size, A, L] -> [batch_size, S, A, L]. On CPU one published
+segment (7.8 s) is about 300 GFLOP; `batch_size` > 1 pays off on accelerators.
 """
 
 from __future__ import annotations
