@@ -95,7 +95,8 @@ def read_package(path: str | os.PathLike) -> tuple[str, list, dict, dict[str, np
             args = _fraction(json.loads(meta.get("args", "[]")))
             kwargs = _fraction(json.loads(meta["kwargs"]))
         except (KeyError, json.JSONDecodeError) as e:
-            raise ImgenError(f"{path}: not a demucs safetensors export (metadata klass / kwargs unreadable: {e})") from None
+            raise ImgenError(f"{path}: not a demucs safetensors export (metadata klass / kwargs "
+                             f"unreadable: {e})") from None
         if "structure" in meta:
             raise ImgenError(f"{path}: a quantized (diffq) demucs model; only plain float weights are supported")
         return klass, list(args), dict(kwargs), tensors
@@ -216,7 +217,8 @@ def _bag_model(path: str) -> tuple[str, Fraction | float | None]:
     sig = str(models[0])
     folder = os.path.dirname(os.path.abspath(path))
     names = sorted(os.listdir(folder))
-    found = [n for n in names if n in (f"{sig}.th", f"{sig}.safetensors") or (n.startswith(f"{sig}-") and n.endswith(".th"))]
+    found = [n for n in names
+             if n in (f"{sig}.th", f"{sig}.safetensors") or (n.startswith(f"{sig}-") and n.endswith(".th"))]
     if not found:
         raise ImgenError(f"{path}: model {sig} not found beside the yaml (expected {sig}-*.th, {sig}.th or "
                          f"{sig}.safetensors in {folder})")
