@@ -14,6 +14,12 @@ Inputs (all read without executing pickled code):
                   beside the yaml, and a bag `segment` shorter than the model's replaces it. Bags of
                   several models (htdemucs_ft, mdx) are refused with a clear error.
 
+Config: HTDemucsConfig from the kwargs (segment_length = int(segment * samplerate), as demucs computes
+its training length). Options the port does not implement (cac=False / Wiener filtering, multi_freqs,
+CAPE / scaled embeddings, sparse attention, group norms in the transformer, random sin shifts,
+use_train_segment=False) are refused; training-only kwargs (dropout, init, learning rates) are ignored;
+kwargs that HTDemucs does not take are dropped with a warning, as demucs' `load_model` does.
+
 Names (demucs state key -> ours; conv kernels [out, in, *k] -> [*k, in, out], transposed-conv kernels
 [in, out, *k] -> [*k, in, out], linear / 1x1 conv weights -> [in, out]; norms' weight -> scale):
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from fractions import Fraction
 from typing import Any, Mapping
 
@@ -122,8 +129,8 @@ def config_from_kwargs(args: list, kwargs: Mapping[str, Any], source: str,
     if "sources" not in kw:
         raise ImgenError(f"{source}: HTDemucs kwargs have no 'sources'")
     unknown = sorted(set(kw) - CONFIG_KWARGS - TRAINING_ONLY - set(REQUIRED_DEFAULTS))
-    if unknown:
-        raise ImgenError(f"{source}: unknown HTDemucs kwargs {unknown}")
+    if unknown:  # not HTDemucs parameters: demucs' load_model drops them too ("Dropping inexistant parameter")
+        warnings.warn(f"{source}: ignoring kwargs that HTDemucs does not take: {unknown}", stacklevel=2)
     bad = [f"{k}={kw[k]!r} (supported: {v!r})" for k, v in REQUIRED_DEFAULTS.items()
            if k in kw and kw[k] != v and not (k == "multi_freqs" and not kw[k])]
     if bad:

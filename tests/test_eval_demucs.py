@@ -210,8 +210,18 @@ def test_htdemucs_converter_reports_problems(converted, tmp_path):
 
     with pytest.raises(ImgenError, match="not supported by the port: cac=False"):
         config_from_kwargs(args, dict(kwargs, cac=False), "x.th")
-    with pytest.raises(ImgenError, match=r"unknown HTDemucs kwargs \['bogus'\]"):
-        config_from_kwargs(args, dict(kwargs, bogus=1), "x.th")
+    # every HTDemucs parameter is either read, known to be training-only, or checked; others are dropped
+    # with a warning, as demucs' load_model does
+    import inspect
+
+    from demucs.htdemucs import HTDemucs
+
+    from convert.htdemucs_weights import CONFIG_KWARGS, REQUIRED_DEFAULTS, TRAINING_ONLY
+
+    params = set(inspect.signature(HTDemucs).parameters)
+    assert params == (CONFIG_KWARGS - {"segment_length"}) | TRAINING_ONLY | set(REQUIRED_DEFAULTS)
+    with pytest.warns(UserWarning, match=r"does not take: \['bogus'\]"):
+        assert config_from_kwargs(args, dict(kwargs, bogus=1), "x.th") == model.cfg
 
     from demucs.hdemucs import HDemucs
 
