@@ -39,8 +39,13 @@ def _flatten(obj, prefix: str, out: dict, meta: dict) -> None:
         meta[prefix] = obj
 
 
-def load_torch_checkpoint(path: str | os.PathLike, desc: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def load_torch_checkpoint(path: str | os.PathLike, desc: str | None = None,
+                          safe_globals: Iterable = ()) -> tuple[dict[str, np.ndarray], dict]:
     """Load a .bin/.pt/.ckpt (pickle, weights only) or .safetensors file.
+
+    `safe_globals` extends the weights-only unpickler's allow-list (torch.serialization.safe_globals:
+    objects, or (stand-in, "module.Name") pairs so that a class the pickle names is rebuilt as the
+    stand-in, never imported).
 
     Returns (tensors, other): tensors is {dotted key: float32/int numpy array}; nested dicts
     are flattened with '.' (so audiocraft's {'best_state': {...}} gives 'best_state.<key>');
@@ -67,7 +72,8 @@ def load_torch_checkpoint(path: str | os.PathLike, desc: str | None = None) -> t
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         detail = next((l for l in first if "Unsupported" in l or "GLOBAL" in l), first[0] if first else "")
