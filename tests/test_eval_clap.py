@@ -197,6 +197,10 @@ HTSAT_BASE_AUDIO = dict(audio_length=1024, clip_samples=480000, mel_bins=64, sam
 
 @pytest.fixture(scope="module")
 def laion_clap():
+    return _build_laion_clap()
+
+
+def _build_laion_clap():
     """laion_clap's CLAP as create_model("HTSAT-base", "roberta", enable_fusion=False) builds it, with the
     RoBERTa made from roberta-base's config (no download), random weights (`_randomise_clap`), eval mode."""
     from transformers import RobertaConfig, RobertaModel
@@ -295,7 +299,7 @@ def test_clap_matches_laion_clap(tmp_path, laion_clap):
     _write_tokenizer(tmp_path / "roberta-base")
     cfg = convert_clap(tmp_path / "music_audioset_epoch_15_esc_90.14.pt", tmp_path / "roberta-base", tmp_path / "clap.safetensors")
     assert cfg == ClapConfig()
-    scorer = clap_scorer(load_clap(tmp_path / "clap.safetensors"), batch_size=2)
+    scorer = clap_scorer(load_clap(tmp_path / "clap.safetensors"), batch_size=4)
     assert (scorer.name, scorer.sample_rate) == ("clap", 48000)
 
     clips = _clips()
@@ -308,11 +312,12 @@ def test_clap_matches_laion_clap(tmp_path, laion_clap):
     got_audio = scorer.embed_audio(clips)
     assert got_audio.shape == want_audio.shape == (2, 512) and got_audio.dtype == np.float32
     assert _rel(got_audio, want_audio) < TOL
-    got_text = scorer.embed_text(TEXTS)  # 3 texts: a batch of 2 and one padded to 1
+    got_text = scorer.embed_text(TEXTS)  # 3 texts: one batch padded to 4
     assert got_text.shape == want_text.shape == (3, 512)
     assert _rel(got_text, want_text) < TOL
     np.testing.assert_allclose(np.linalg.norm(got_audio, axis=1), 1.0, rtol=1e-5)
-    assert _rel(scorer.embed_audio(clips[1:]), want_audio[1:]) < TOL  # batch of one
+    # the random towers tell their inputs apart by far more than the tolerance (no near-constant outputs)
+    assert _rel(want_audio[0], want_audio[1]) > 0.1 and min(_rel(want_text[i], want_text[j]) for i, j in ((0, 1), (0, 2), (1, 2))) > 0.1
 
 
 def test_clap_converter_reports_key_problems(laion_clap, tmp_path):
