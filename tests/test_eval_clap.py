@@ -261,8 +261,8 @@ def test_prepare_audio_matches_laion_clap(monkeypatch):
 
     fns = _laion_data_functions()
     rng = np.random.default_rng(0)
-    for n in (1000, 47999, 160000, 480000):
-        wav = (rng.standard_normal(n) * 0.6).astype(np.float32)
+    for n, dtype in ((1000, np.float32), (47999, np.float64), (160000, np.float32), (480000, np.float32)):
+        wav = (rng.standard_normal(n) * 0.6).astype(dtype)
         want = _laion_audio_input(fns, wav)["waveform"].numpy()
         got = prepare_audio(wav)
         assert got.shape == (480000,) and got.dtype == np.float32
@@ -289,7 +289,8 @@ def test_bicubic_matrix_matches_torch():
 
 def test_clap_matches_laion_clap(tmp_path, laion_clap):
     from convert.clap_weights import convert_clap
-    from imgen_jax.eval.nets.clap import ClapConfig, clap_scorer, load_clap
+    from imgen_jax.eval.nets.clap import ClapConfig, ClapScorer
+    from imgen_jax.eval.plugins import load_plugin
 
     model = laion_clap
     sd = {f"module.{k}": v for k, v in model.state_dict().items()}
@@ -299,8 +300,8 @@ def test_clap_matches_laion_clap(tmp_path, laion_clap):
     _write_tokenizer(tmp_path / "roberta-base")
     cfg = convert_clap(tmp_path / "music_audioset_epoch_15_esc_90.14.pt", tmp_path / "roberta-base", tmp_path / "clap.safetensors")
     assert cfg == ClapConfig()
-    scorer = clap_scorer(load_clap(tmp_path / "clap.safetensors"), batch_size=4)
-    assert (scorer.name, scorer.sample_rate) == ("clap", 48000)
+    scorer = load_plugin("clap", f"imgen_jax.eval.nets.clap:clap_plugin={tmp_path / 'clap.safetensors'}")
+    assert isinstance(scorer, ClapScorer) and (scorer.name, scorer.sample_rate, scorer.batch_size) == ("clap", 48000, 8)
 
     clips = _clips()
     fns = _laion_data_functions()
@@ -312,7 +313,7 @@ def test_clap_matches_laion_clap(tmp_path, laion_clap):
     got_audio = scorer.embed_audio(clips)
     assert got_audio.shape == want_audio.shape == (2, 512) and got_audio.dtype == np.float32
     assert _rel(got_audio, want_audio) < TOL
-    got_text = scorer.embed_text(TEXTS)  # 3 texts: one batch padded to 4
+    got_text = scorer.embed_text(TEXTS)  # 3 texts: one batch padded to 4 (powers of two up to batch_size 8)
     assert got_text.shape == want_text.shape == (3, 512)
     assert _rel(got_text, want_text) < TOL
     np.testing.assert_allclose(np.linalg.norm(got_audio, axis=1), 1.0, rtol=1e-5)
@@ -363,3 +364,40 @@ def test_clap_runtime_imports_no_reference_package():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_clap_loader_and_scorer_batching(tmp_path):
+    """A tiny random ClapModel through save_net / load_clap: the file checks, and the scorer's batching
+    (padded power-of-two batches give each clip / text the embedding it gets alone)."""
+    from convert.clap_weights import read_tokenizer
+    from imgen_jax.eval.nets.clap import ClapConfig, abstract_clap, clap_plugin, clap_scorer, load_clap
+    from imgen_jax.eval.nets.common import save_net
+    from imgen_jax.weights import module_shapes
+
+    cfg = ClapConfig(clip_samples=9600, n_mels=8, spec_size=16, patch_size=2, embed_dim=8, depths=(2, 2), heads=(1, 2),
+                     window_size=2, vocab_size=400, text_width=16, text_layers=1, text_heads=2, text_ff=32,
+                     max_positions=80, joint_dim=8)
+    rng = np.random.default_rng(1)
+    flat = {k: (rng.standard_normal(shape) * 0.3).astype(np.float32) for k, (shape, _) in module_shapes(abstract_clap(cfg)).items()}
+    save_net(tmp_path / "notok.safetensors", "clap", cfg, flat)
+    with pytest.raises(ImgenError, match="no tokenizer in the metadata"):
+        load_clap(tmp_path / "notok.safetensors")
+    save_net(tmp_path / "other.safetensors", "vggish", cfg, flat)
+    with pytest.raises(ImgenError, match="metadata kind is 'vggish', expected 'clap'"):
+        load_clap(tmp_path / "other.safetensors")
+    with pytest.raises(ImgenError, match="give the converted CLAP file"):
+        clap_plugin()
+    _write_tokenizer(tmp_path / "tok")
+    save_net(tmp_path / "clap.safetensors", "clap", cfg, flat, extra=read_tokenizer(tmp_path / "tok", cfg))
+    scorer = clap_scorer(load_clap(tmp_path / "clap.safetensors"), batch_size=2)
+    wavs = [(rng.standard_normal(n) * 0.3).astype(np.float32) for n in (3000, 9600, 20000)]
+    together = scorer.embed_audio(wavs)  # a batch of 2, then one of 1
+    assert together.shape == (3, 8) and together.dtype == np.float32
+    alone = np.concatenate([scorer.embed_audio([w]) for w in wavs])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert _rel(together[0], together[1]) > 1e-3
+    texts = scorer.embed_text(TEXTS)
+    np.testing.assert_allclose(texts, np.concatenate([scorer.embed_text([t]) for t in TEXTS]), atol=1e-5)
+    assert scorer.embed_audio([]).shape == scorer.embed_text([]).shape == (0, 8)
+    with pytest.raises(ImgenError, match="tokenizer ids up to .* do not fit the model's vocabulary of 100"):
+        read_tokenizer(tmp_path / "tok", ClapConfig(vocab_size=100))

@@ -36,7 +36,8 @@ pad_id + 1 + index over the non-pad tokens, as Hugging Face's `create_position_i
 
 Both embeddings are L2-normalised, so the CLAP score is their dot product. `clap_scorer(model)` is the
 `imgen eval` plug-in: jitted, batched (batches padded to a power of two up to `batch_size`, so
-each size compiles once).
+each size compiles once); `--clap imgen_jax.eval.nets.clap:clap_plugin=PATH` loads it through
+imgen_jax.eval.plugins.
 
 Weight names (NNX paths; stacked layers carry a leading axis): audio/bn0/{scale,bias},
 audio/patch_embed/{kernel,bias}, audio/patch_norm, audio/stages/{i}/pairs/{a,b}/{norm1,attn/qkv,
@@ -144,7 +145,7 @@ def prepare_audio(wav: np.ndarray, cfg: ClapConfig = ClapConfig()) -> np.ndarray
     if x.size == 0:
         raise ImgenError("CLAP: empty waveform")
     if cfg.quantize:
-        x = (np.clip(x.astype(np.float32), -1.0, 1.0) * 32767.0).astype(np.int16) / 32767.0
+        x = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16) / 32767.0  # in x's own dtype, as laion_clap
     x = x.astype(np.float32)
     n, want = x.size, cfg.clip_samples
     if n > want:
@@ -520,3 +521,10 @@ class ClapScorer:
 def clap_scorer(model: ClapModel, batch_size: int = 8) -> ClapScorer:
     """The jitted, batched CLAP plug-in of `imgen eval` (name "clap", sample_rate 48000)."""
     return ClapScorer(model, batch_size)
+
+
+def clap_plugin(model_dir: str | None = None, arg: str | None = None) -> ClapScorer:
+    """`imgen eval --clap imgen_jax.eval.nets.clap:clap_plugin=PATH`: the scorer of the converted file PATH."""
+    if not arg:
+        raise ImgenError("clap plug-in: give the converted CLAP file, imgen_jax.eval.nets.clap:clap_plugin=PATH")
+    return clap_scorer(load_clap(arg))
