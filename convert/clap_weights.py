@@ -1,6 +1,8 @@
-"""LAION-CLAP weights: a laion_clap checkpoint (`music_audioset_epoch_15_esc_90.14.pt`: {"state_dict":
-{"module.<name>": tensor}, "optimizer": ...}) + roberta-base's tokenizer files -> one imgen_jax file
-(imgen_jax.eval.nets.clap: weights, config and tokenizer in the safetensors metadata).
+"""LAION-CLAP weights: a laion_clap checkpoint + roberta-base's tokenizer files -> one imgen_jax CLAP file.
+
+The checkpoint (`music_audioset_epoch_15_esc_90.14.pt`: {"state_dict": {"module.<name>": tensor},
+"optimizer": ...}) and roberta-base's vocab.json / merges.txt become one safetensors file
+(imgen_jax.eval.nets.clap): the weights, with the config and the tokenizer files in its metadata.
 
     laion_clap (non-fusion CLAP, HTSAT + roberta)                 ours
     audio_branch.bn0.{weight,bias,running_mean,running_var}        audio/bn0/{scale,bias} (folded, eps 1e-5)
