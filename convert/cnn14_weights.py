@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from convert.common import KeyReader, load_torch_checkpoint, strip_prefix
+from convert.common import KeyReader, fold_batch_norm, load_torch_checkpoint, strip_prefix
 from imgen_jax.errors import ImgenError
 from imgen_jax.eval.nets.cnn14 import CHANNELS, KIND, Cnn14Config, mel_matrix
 from imgen_jax.eval.nets.common import save_net
@@ -49,18 +49,9 @@ def detect_config(sd: Mapping[str, np.ndarray], source: str) -> Cnn14Config:
     return presets[2 * (rows - 1)]
 
 
-def _bn(r: KeyReader, prefix: str, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) of an inference batch norm, float64, or None when a piece is missing."""
-    g, b, m, v = (r.take(f"{prefix}.{p}", (dim,)) for p in ("weight", "bias", "running_mean", "running_var"))
-    if any(t is None for t in (g, b, m, v)):
-        return None
-    s = g.astype(np.float64) / np.sqrt(v.astype(np.float64) + BN_EPS)
-    return s, b.astype(np.float64) - m.astype(np.float64) * s
-
-
 def _conv_bn(r: KeyReader, flat: dict, k: int, j: int, cin: int, cout: int) -> None:
     w = r.take(f"conv_block{k}.conv{j}.weight", (cout, cin, 3, 3))
-    bn = _bn(r, f"conv_block{k}.bn{j}", cout)
+    bn = fold_batch_norm(r, f"conv_block{k}.bn{j}", cout, BN_EPS)
     ok = w is not None and bn is not None
     flat[f"blocks/{k - 1}/conv{j}/kernel"] = w.transpose(2, 3, 1, 0) * bn[0] if ok else None
     flat[f"blocks/{k - 1}/conv{j}/bias"] = bn[1] if ok else None
@@ -85,7 +76,7 @@ def cnn14_from_torch(sd: Mapping[str, np.ndarray], source: str, cfg: Cnn14Config
     r = KeyReader(sd, source, ignore=("num_batches_tracked",))
     _check_frontend(r, cfg, source)
     flat: dict[str, np.ndarray | None] = {}
-    bn0 = _bn(r, "bn0", cfg.n_mels)
+    bn0 = fold_batch_norm(r, "bn0", cfg.n_mels, BN_EPS)
     flat["bn0/scale"], flat["bn0/bias"] = bn0 if bn0 is not None else (None, None)
     cin = 1
     for k, cout in enumerate(CHANNELS, start=1):

@@ -185,6 +185,17 @@ class KeyReader:
             raise ImgenError(f"{self.source}: " + "; ".join(problems))
 
 
+def fold_batch_norm(r: KeyReader, prefix: str, dim: int, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) [dim] float64 of the inference batch norm `prefix` (weight, bias, running_mean,
+    running_var taken from `r`): scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
+    None when a piece is missing or mis-shaped (recorded in `r`)."""
+    g, b, m, v = (r.take(f"{prefix}.{p}", (dim,)) for p in ("weight", "bias", "running_mean", "running_var"))
+    if any(t is None for t in (g, b, m, v)):
+        return None
+    s = g.astype(np.float64) / np.sqrt(v.astype(np.float64) + eps)
+    return s, b.astype(np.float64) - m.astype(np.float64) * s
+
+
 def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """The entries of `sd` under `prefix`, with the prefix removed."""
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -25,12 +25,10 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgen_jax.errors import ImgenError
-from imgen_jax.eval.nets.common import HIGHEST, frame, load_net, periodic_hann, pool2d
+from imgen_jax.eval.nets.common import HIGHEST, Affine, load_net, pool2d, power_log_mel, slaney_mel_filters
 
 KIND = "cnn14"
 CHANNELS = (64, 128, 256, 512, 1024, 2048)
@@ -55,55 +53,15 @@ class Cnn14Config:
         return Cnn14Config(sample_rate=32000, window=1024, hop=320, f_max=14000.0, classes=classes)
 
 
-def slaney_mel(f):
-    """Slaney's mel scale (librosa's default): f / (200 / 3) below 1 kHz, 15 + 27 ln(f / 1000) / ln 6.4 above."""
-    f = np.asarray(f, np.float64)
-    log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * 27.0 / np.log(6.4)
-    return np.where(f >= 1000.0, log_part, f * 3.0 / 200.0)
-
-
-def slaney_hz(m):
-    """Inverse of `slaney_mel`."""
-    m = np.asarray(m, np.float64)
-    return np.where(m >= 15.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0), m * 200.0 / 3.0)
-
-
 @functools.lru_cache(maxsize=8)
 def mel_matrix(cfg: Cnn14Config) -> np.ndarray:
     """Area-normalised Slaney mel filters [window // 2 + 1, n_mels] float64 (= librosa.filters.mel(...).T)."""
-    if not 0.0 <= cfg.f_min < cfg.f_max <= cfg.sample_rate / 2:
-        raise ImgenError(f"Cnn14Config: need 0 <= f_min < f_max <= {cfg.sample_rate / 2}, got {cfg.f_min}, {cfg.f_max}")
-    freqs = np.linspace(0.0, cfg.sample_rate / 2, cfg.window // 2 + 1)
-    edges = slaney_hz(np.linspace(slaney_mel(cfg.f_min), slaney_mel(cfg.f_max), cfg.n_mels + 2))
-    lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
-    up = (freqs[:, None] - lo) / (mid - lo)
-    down = (hi - freqs[:, None]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(up, down)) * (2.0 / (hi - lo))
+    return slaney_mel_filters(cfg.sample_rate, cfg.window, cfg.n_mels, cfg.f_min, cfg.f_max, "Cnn14Config")
 
 
 def log_mel(wav: jax.Array, cfg: Cnn14Config = Cnn14Config()) -> jax.Array:
     """wav [B, N] at cfg.sample_rate -> log-mel (dB) [B, 1 + N // hop, n_mels] float32."""
-    n = wav.shape[-1]
-    pad = cfg.window // 2
-    if n <= pad:
-        raise ImgenError(f"Cnn14: {n} samples is too short (need more than {pad} at {cfg.sample_rate} Hz)")
-    x = jnp.pad(wav.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
-    frames = frame(x, cfg.window, cfg.hop, 1 + n // cfg.hop) * jnp.asarray(periodic_hann(cfg.window), jnp.float32)
-    spec = jnp.fft.rfft(frames, axis=-1)
-    power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2
-    mel = jnp.einsum("btf,fm->btm", power, jnp.asarray(mel_matrix(cfg), jnp.float32), precision=HIGHEST)
-    return 10.0 * jnp.log10(jnp.maximum(mel, cfg.amin))
-
-
-class Affine(nnx.Module):
-    """x * scale + bias over the last axis (a folded inference batch norm)."""
-
-    def __init__(self, dim: int):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x * self.scale[...] + self.bias[...]
+    return power_log_mel(wav, cfg.sample_rate, cfg.window, cfg.hop, mel_matrix(cfg), cfg.amin, "Cnn14")
 
 
 class ConvBlock(nnx.Module):
