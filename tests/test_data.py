@@ -317,6 +317,31 @@ def test_musdb_reader(tmp_path):
         read_tracks(root, "train", layout="musdb18")
 
 
+def test_musdb_training_config(tmp_path):
+    """configs/musdb.py names the layout; the training loader reads a MUSDB folder through it (4_stems: Drums
+    and Bass targets); a bad layout is a config error."""
+    import importlib.util
+
+    from imgen_jax.train.config import validate
+    from imgen_jax.train.data import make_loader
+
+    spec = importlib.util.spec_from_file_location("musdb_config", os.path.join(os.path.dirname(__file__), "..",
+                                                                             "configs", "musdb.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    assert c.data.layout == "musdb"
+    root = str(tmp_path / "musdb")
+    write_musdb_track(root, "train", "A - One", sr=8000)
+    c.data.dir, c.data.clip_seconds, c.model.base_dir = root, 1.0, str(tmp_path)
+    validate(c)
+    batch = next(make_loader(c, "train", 2, seed=0))
+    assert batch["input"].shape == (2, 32000) and set(batch["stem"]) <= {"Drums", "Bass"}
+    c.data.layout = "musdb18"
+    with pytest.raises(ImgenError, match="config.data.layout"):
+        validate(c)
+
+
 def test_stems_folder_reader(tmp_path):
     """A folder of stems: classes from file names, mix files ignored, unknown names skipped; track folders
     either in split folders or split by a hash of their name; bad tracks skipped with the reason."""
