@@ -8,11 +8,12 @@ from imgen_jax import vocab
 
 EVAL_HELP = """\
 Evaluate instructed edits on a deterministic set of examples drawn from a Slakh2100, MoisesDB,
-MUSDB18-HQ or stems-folder dataset (imgen_jax.data.make_eval_set; --layout, default detected) with the Instruct-MusicGen paper's metrics: SI-SDR and
-SI-SDRi (remove / extract), SSIM of mel spectrograms, mel L1, and FAD per embedder (built-in:
-`encodec` = the model's EnCodec latents, `logmel` = log-mel frames; plug-ins: module:factory,
-file.py:factory[=ARG], e.g. VGGish from a local checkpoint). CLAP score and KL are computed only
-with a --clap / --classifier plug-in (none ships; imgen_jax never imports torch).
+MUSDB18-HQ or stems-folder dataset (imgen_jax.data.make_eval_set; --layout, default detected)
+with the Instruct-MusicGen paper's metrics: SI-SDR and SI-SDRi (remove / extract), SSIM of mel
+spectrograms, mel L1, and FAD per embedder (built-in: `encodec` = the model's EnCodec latents,
+`logmel` = log-mel frames; plug-ins: module:factory, file.py:factory[=ARG], e.g. VGGish from a
+local checkpoint). CLAP score and KL are computed only with a --clap / --classifier plug-in
+(none ships; imgen_jax never imports torch).
 The table has one row per system: model (the edit), identity (output = input) and oracle
 (output = ground truth), with the number of examples each row averages. Written to OUT:
 inputs/, targets/, <system>/<id>.wav, results.jsonl, table.csv, table.json, table.png, tests.csv.

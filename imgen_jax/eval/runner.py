@@ -139,8 +139,9 @@ class EvalOptions:
 @dataclasses.dataclass
 class EvalResult:
     """rows: the table (dicts with system, n, skipped and one value per metric, plus <metric>_lo /
-    <metric>_hi, its 95% bootstrap interval, unless resamples=0); metrics: the metric columns; skipped: [(system, id, reason)]; edited / scored: how many edits and (system, example)
-    scorings this run computed (0 and 0 on a finished directory); paths: the written table files."""
+    <metric>_hi, its 95% bootstrap interval, unless resamples=0); metrics: the metric columns;
+    skipped: [(system, id, reason)]; edited / scored: how many edits and (system, example) scorings
+    this run computed (0 and 0 on a finished directory); paths: the written table files."""
 
     rows: list[dict]
     metrics: list[str]

@@ -25,7 +25,8 @@ Paired tests, model row vs baseline row, on the examples both rows scored:
   variance n(n+1)(2n+1)/24 - sum(t^3 - t)/48 and no continuity correction. This equals
   scipy.stats.wilcoxon(x, y) (scipy 1.17, method "auto") except with ties or zero differences among more
   than 13 pairs, where scipy falls back to the normal approximation and this stays exact (while at most
-  50 differences are non-zero). All differences zero: statistic 0, p = 1. The mean difference also gets a paired-bootstrap interval.
+  50 differences are non-zero). All differences zero: statistic 0, p = 1. The mean difference also
+  gets a paired-bootstrap interval.
 - set metrics (FAD): a paired bootstrap. Both rows are recomputed on the same resamples of their common
   examples; delta_b = model_b - baseline_b. p = min(1, 2 (min(#{delta_b <= 0}, #{delta_b >= 0}) + 1) / (B + 1)):
   the smallest two-sided level at which the percentile interval of the difference excludes 0 (never
@@ -124,14 +125,18 @@ class SetResampler:
         self._sides = [_moments(outputs), _moments(targets)]
 
     def replicates(self, idx: np.ndarray) -> np.ndarray:
-        """The metric on each resample idx [B, n] -> [B]."""
+        """The metric on each resample idx [B, n] -> [B] (NaN where the metric refuses a resample; intervals and
+        p-values use the finite replicates)."""
         n = self._sides[0][0].size
         out = np.empty(idx.shape[0])
         with _one_blas_thread():
             for b, row in enumerate(idx):
                 w = np.bincount(row, minlength=n).astype(np.float64)
                 pooled = [_pooled(w, *side) for side in self._sides]
-                out[b] = float(self.compute([pooled[0]], [pooled[1]]))
+                try:
+                    out[b] = float(self.compute([pooled[0]], [pooled[1]]))
+                except ImgenError:  # a resample the metric cannot score (e.g. too few frames): left out
+                    out[b] = float("nan")
         return out
 
 
