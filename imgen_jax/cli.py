@@ -257,7 +257,7 @@ def _data_build(args: argparse.Namespace) -> int:
     from imgen_jax.data.build import build_dataset
 
     report = build_dataset(args.source, args.out, sample_rate=args.sample_rate, chunk_seconds=args.chunk_seconds,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, layout=args.layout)
     splits = ", ".join(f"{k} {v}" for k, v in report["tracks"].items())
     print(f"{os.path.abspath(args.out)}: {splits} tracks, {report['stems']} stems; {len(report['skipped'])} skipped "
           f"(reasons in imgen_stems.json)")
@@ -284,12 +284,14 @@ def _add_data_commands(sub) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     m.set_defaults(func=_data_mini_slakh)
-    b = dsub.add_parser("build", help="write a Slakh2100 / MoisesDB folder's stems as a tfds array_record dataset",
+    b = dsub.add_parser("build", help="write a dataset folder's stems as a tfds array_record dataset",
                         description="Decode every usable stem once, resample to the model's rate and store int16 "
                                     "chunks in array_record files (tfds, no TensorFlow), with an index and a report "
                                     "of every skipped stem / track / split. Training and evaluation read either the "
                                     "source folder or this (much faster) build.")
-    b.add_argument("--source", required=True, help="a Slakh2100- or MoisesDB-layout folder")
+    b.add_argument("--source", required=True, help="a Slakh2100, MoisesDB, MUSDB18-HQ or folder-of-stems dataset")
+    b.add_argument("--layout", default="auto", choices=("auto", "slakh", "moisesdb", "musdb", "stems"),
+                   help="layout of --source (default: detected)")
     b.add_argument("--out", required=True, help="output folder (refused if non-empty without --overwrite)")
     b.add_argument("--sample-rate", type=int, default=32000)
     b.add_argument("--chunk-seconds", type=float, default=5.0, help="record length (clips may span records)")

@@ -32,6 +32,9 @@ MOISESDB_CLASSES = {
     "bowed_strings": "Bowed Strings", "wind": "Wind", "other_keys": "Other Keys", "other_plucked": "Other Plucked",
     "other": "Other", "vocals": "Vocals",
 }
+# MUSDB18(-HQ) stem files -> classes. `other` (everything else) gets the class "Other", which triplets never make
+# a target (as MoisesDB's); `vocals` gets "Vocals", outside the released model's Slakh training vocabulary.
+MUSDB_CLASSES = {"vocals": "Vocals", "drums": "Drums", "bass": "Bass", "other": "Other"}
 # Every stem an instruction may name: the four stems first, then Slakh's and MoisesDB's other classes.
 STEMS = tuple(dict.fromkeys(FOUR_STEMS + SLAKH_CLASSES + tuple(MOISESDB_CLASSES.values())))
 # Other spellings users type (lower case) -> the stem.
@@ -76,7 +79,8 @@ EVAL_WINDOW_FRAMES = 500      # `imgen eval` edit windows: the official checkpoi
 EVAL_STRIDE_FRAMES = 250      # half a window
 
 __all__ = [
-    "TASKS", "EXTRA_TASKS", "FOUR_STEMS", "STEM_SETS", "SLAKH_CLASSES", "MOISESDB_CLASSES", "STEMS", "STEM_ALIASES",
+    "TASKS", "EXTRA_TASKS", "FOUR_STEMS", "STEM_SETS", "SLAKH_CLASSES", "MOISESDB_CLASSES", "MUSDB_CLASSES", "STEMS",
+    "STEM_ALIASES",
     "OFFICIAL_PREFIX", "OFFICIAL_VERBS", "INSTRUCTION", "PLAIN_INSTRUCTION", "PLAIN_SYNONYMS", "instruction",
     "plain_instruction", "GUIDANCE_SCALE", "TEMPERATURE", "GENERATE_TOP_K", "EDIT_TOP_K", "GENERATE_WINDOW_FRAMES",
     "GENERATE_STRIDE_FRAMES", "EVAL_WINDOW_FRAMES", "EVAL_STRIDE_FRAMES",

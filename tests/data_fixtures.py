@@ -51,3 +51,29 @@ def write_moisesdb_song(root, song: str, stems: dict[str, int], seconds: float =
     with open(os.path.join(sdir, "data.json"), "w") as f:
         json.dump(meta, f)
     return sdir
+
+
+def write_stem_files(tdir: str, stems: dict[str, int], seconds: float = 3.0, sr: int = 44100, index: int = 0,
+                     stereo: bool = True) -> str:
+    """One track folder with one audio file per stem: stems {file name with extension: signal number}; a
+    file named mixture.* / mix.* is written as the sum of the others."""
+    os.makedirs(tdir, exist_ok=True)
+    mix = np.zeros(int(seconds * sr), np.float32)
+    for fname, k in stems.items():
+        if os.path.splitext(fname)[0] in ("mixture", "mix"):
+            continue
+        x = stem_signal(index, k, seconds, sr)
+        mix += x
+        sf.write(os.path.join(tdir, fname), np.stack([x, x], axis=1) if stereo else x, sr, subtype="FLOAT"
+                 if fname.endswith(".wav") else "PCM_16")
+    for fname in stems:
+        if os.path.splitext(fname)[0] in ("mixture", "mix"):
+            sf.write(os.path.join(tdir, fname), np.stack([mix, mix], axis=1) if stereo else mix, sr)
+    return tdir
+
+
+def write_musdb_track(root, split: str, name: str, seconds: float = 3.0, sr: int = 44100, index: int = 0) -> str:
+    """One MUSDB18-HQ track: ROOT/split/name/{vocals,drums,bass,other,mixture}.wav, stereo."""
+    return write_stem_files(os.path.join(root, split, name),
+                            {"vocals.wav": 0, "drums.wav": 1, "bass.wav": 2, "other.wav": 3, "mixture.wav": 0},
+                            seconds, sr, index)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from data_fixtures import write_moisesdb_song, write_slakh_track
+from data_fixtures import write_moisesdb_song, write_musdb_track, write_slakh_track, write_stem_files
 from imgen_jax.data import (
     BuildReport, TripletConfig, TripletSource, make_eval_set, make_triplet_loader, read_moisesdb, read_slakh,
 )
@@ -258,6 +258,136 @@ def test_moisesdb_reader(tmp_path):
     for i in range(10):
         tr = src.triplet(0, np.random.default_rng(i))
         assert tr.stem != "Other" and "Vocals" not in tr.input_stems + tr.output_stems
+
+
+def test_musdb_reader(tmp_path):
+    """MUSDB18-HQ: train / musdb's validation tracks (inside train/) / test; the four stems as Vocals, Drums,
+    Bass, Other; mixture.wav is not a stem; tracks with a missing, unreadable, other-rate or other-length stem
+    are skipped with the reason; triplets are exact sums of the stems; 4_stems keeps only Drums and Bass."""
+    import soundfile as sf
+
+    from imgen_jax.data import detect_layout, read_musdb, read_tracks
+
+    root = str(tmp_path / "musdb")
+    write_musdb_track(root, "train", "A - One", sr=8000, index=0)
+    write_musdb_track(root, "train", "Leaf - Summerghost", sr=8000, index=1)  # musdb's validation split
+    d = write_musdb_track(root, "train", "B - Missing", sr=8000, index=2)
+    os.remove(os.path.join(d, "bass.wav"))
+    d = write_musdb_track(root, "train", "C - Rate", sr=8000, index=3)
+    sf.write(os.path.join(d, "other.wav"), np.zeros((3 * 16000, 2), np.float32) + 0.1, 16000)
+    d = write_musdb_track(root, "train", "D - Length", sr=8000, index=4)
+    sf.write(os.path.join(d, "drums.wav"), np.zeros((2 * 8000, 2), np.float32) + 0.1, 8000)
+    d = write_musdb_track(root, "train", "E - Broken", sr=8000, index=5)
+    with open(os.path.join(d, "vocals.wav"), "wb") as f:
+        f.write(b"RIFF" + os.urandom(64))
+    write_musdb_track(root, "test", "F - Test", sr=8000, index=6)
+    assert detect_layout(root) == "musdb"
+
+    rep = BuildReport()
+    (track,) = read_tracks(root, "train", rep)
+    assert track.name == "A - One" and track.classes == ("Vocals", "Drums", "Bass", "Other")
+    assert [s.id for s in track.stems] == ["vocals", "drums", "bass", "other"] and track.sample_rate == 8000
+    reasons = {s["name"]: s["reason"] for s in rep.skipped}
+    assert set(reasons) == {"B - Missing", "C - Rate", "D - Length", "E - Broken"}
+    assert "missing stem file(s) bass.wav" in reasons["B - Missing"]
+    assert "different sample rates [8000, 16000]" in reasons["C - Rate"]
+    assert "different lengths [16000, 24000]" in reasons["D - Length"]
+    assert "unreadable audio" in reasons["E - Broken"] and "vocals.wav" in reasons["E - Broken"]
+    assert [t.name for t in read_musdb(root, "validation")] == ["Leaf - Summerghost"]
+    assert [t.name for t in read_tracks(root, "test", layout="musdb")] == ["F - Test"]
+    assert [s.id for s in read_musdb(root, "test", drop=("vocals",))[0].stems] == ["drums", "bass", "other"]
+
+    src = TripletSource(root, "train", CFG)  # 4_stems: Drums and Bass only
+    for i in range(4):
+        tr = src.triplet(0, np.random.default_rng(i), "extract")
+        assert tr.stem in ("Drums", "Bass") and set(tr.input_stems) == {"Drums", "Bass"}
+        np.testing.assert_allclose(tr.target / tr.scale, _class_sum(src, 0, tr, [tr.stem]), atol=1e-6)
+    src = TripletSource(root, "train", TripletConfig(clip_seconds=1.0, stems="all"))
+    seen = set()
+    for i in range(12):
+        tr = src.triplet(0, np.random.default_rng(i), "remove")
+        assert tr.stem != "Other"
+        np.testing.assert_allclose(tr.input / tr.scale, _class_sum(src, 0, tr, tr.input_stems), atol=1e-6)
+        seen.add(tr.stem)
+    assert "Vocals" in seen
+    a = make_eval_set(root, "test", "add", n=2, config=CFG)
+    b = make_eval_set(root, "test", "add", n=2, config=CFG, layout="musdb")
+    assert [t.id for t in a] == ["F - Test-add-0", "F - Test-add-1"] and all(np.array_equal(x.input, y.input) for x, y in zip(a, b))
+    with pytest.raises(ImgenError, match="dataset layout 'musdb18'"):
+        read_tracks(root, "train", layout="musdb18")
+
+
+def test_musdb_training_config(tmp_path):
+    """configs/musdb.py names the layout; the training loader reads a MUSDB folder through it (4_stems: Drums
+    and Bass targets); a bad layout is a config error."""
+    import importlib.util
+
+    from imgen_jax.train.config import validate
+    from imgen_jax.train.data import make_loader
+
+    spec = importlib.util.spec_from_file_location("musdb_config", os.path.join(os.path.dirname(__file__), "..",
+                                                                             "configs", "musdb.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    assert c.data.layout == "musdb"
+    root = str(tmp_path / "musdb")
+    write_musdb_track(root, "train", "A - One", sr=8000)
+    c.data.dir, c.data.clip_seconds, c.model.base_dir = root, 1.0, str(tmp_path)
+    validate(c)
+    batch = next(make_loader(c, "train", 2, seed=0))
+    assert batch["input"].shape == (2, 32000) and set(batch["stem"]) <= {"Drums", "Bass"}
+    c.data.layout = "musdb18"
+    with pytest.raises(ImgenError, match="config.data.layout"):
+        validate(c)
+
+
+def test_stems_folder_reader(tmp_path):
+    """A folder of stems: classes from file names, mix files ignored, unknown names skipped; track folders
+    either in split folders or split by a hash of their name; bad tracks skipped with the reason."""
+    from imgen_jax.data import detect_layout, read_stems_folder, read_tracks
+    from imgen_jax.data.tracks import moisesdb_split, stem_class
+
+    assert [stem_class(n) for n in ("Guitar_2", "synth-pad", "other_keys", "keys", "VOCALS", "drums 3", "kazoo")] == [
+        "Guitar", "Synth Pad", "Other Keys", "Piano", "Vocals", "Drums", None]
+
+    root = str(tmp_path / "split")
+    write_stem_files(os.path.join(root, "train", "t1"), {"Drums.wav": 0, "bass_1.flac": 1, "bass_2.flac": 2,
+                                                        "keys.wav": 3, "kazoo.wav": 4, "mix.wav": 0}, sr=8000)
+    write_stem_files(os.path.join(root, "train", "t2"), {"guitar.wav": 0, "mixture.flac": 0}, sr=8000, index=1)
+    d = write_stem_files(os.path.join(root, "train", "t3"), {"guitar.wav": 0, "piano.wav": 1}, sr=8000, index=2)
+    write_stem_files(d, {"piano.wav": 1}, seconds=2.0, sr=8000, index=2)  # shorter piano
+    write_stem_files(os.path.join(root, "test", "t4"), {"drums.flac": 0, "piano.flac": 1}, sr=8000, index=3,
+                     stereo=False)
+    assert detect_layout(root) == "stems"
+    rep = BuildReport()
+    (t1,) = read_tracks(root, "train", rep)
+    assert t1.name == "t1" and t1.classes == ("Bass", "Drums", "Piano")
+    assert [s.id for s in t1.stems] == ["bass_1", "bass_2", "drums", "keys"]
+    reasons = {(s["what"], s["name"]): s["reason"] for s in rep.skipped}
+    assert "unknown stem name 'kazoo'" in reasons[("stem", "t1/kazoo.wav")]
+    assert "1 usable stem file(s)" in reasons[("track", "t2")]
+    assert "different lengths" in reasons[("track", "t3")]
+    assert [t.name for t in read_stems_folder(root, "test")] == ["t4"]
+    src = TripletSource(root, "train", CFG)
+    tr = src.triplet(0, np.random.default_rng(0), "extract")
+    np.testing.assert_allclose(tr.target / tr.scale, _class_sum(src, 0, tr, [tr.stem]), atol=1e-6)
+
+    flat = str(tmp_path / "flat")
+    names = {}
+    i = 0
+    while len(names) < 2:  # one track for train and one for test, found by the split hash
+        name = f"song{i}"
+        split = moisesdb_split(name)
+        if split in ("train", "test") and split not in names:
+            write_stem_files(os.path.join(flat, name), {"drums.wav": 0, "bass.wav": 1}, sr=8000, index=i)
+            names[split] = name
+        i += 1
+    assert detect_layout(flat) == "stems"
+    assert [t.name for t in read_tracks(flat, "test")] == [names["test"]]
+    assert [t.name for t in read_tracks(flat, "train", layout="stems")] == [names["train"]]
+    with pytest.raises(ImgenError, match="folder of stems"):
+        detect_layout(str(tmp_path / "flat" / names["test"]))  # a track folder is not a dataset
 
 
 def test_mini_slakh_triplets(mini_slakh_root):

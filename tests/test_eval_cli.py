@@ -35,13 +35,13 @@ def first_run(model_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("evalout") / "remove"
     argv = ["eval", "--model", str(model_dir / "instruct"), "--data", data_dir, "--task", "remove", "--n", str(N),
             "--batch", "2", "--out", str(out), "--clip-seconds", str(CLIP), "--window-frames", "120",
-            "--stride-frames", "60", "--no-progress"]
+            "--stride-frames", "60", "--no-progress", "--resamples", "200"]
     assert imgen(argv) == 0
     return out, argv
 
 
 def _opts(**kw):
-    base = dict(task="remove", n=N, batch=2, clip_seconds=CLIP, window_frames=120, stride_frames=60)
+    base = dict(task="remove", n=N, batch=2, clip_seconds=CLIP, window_frames=120, stride_frames=60, resamples=200)
     base.update(kw)
     return EvalOptions(**base)
 
@@ -56,7 +56,8 @@ def test_table_written_and_oracle_best(first_run):
     assert doc["metrics"] == ["si_sdr", "si_sdri", "ssim", "mel_l1", "fad_encodec", "fad_logmel"]
     assert all(r["n"] == N and r["skipped"] == 0 for r in rows.values())
     csv_lines = (out / "table.csv").read_text().strip().splitlines()
-    assert csv_lines[0].split(",") == ["system", "n", "skipped", *doc["metrics"]] and len(csv_lines) == 4
+    with_ci = [c for m in doc["metrics"] for c in (m, f"{m}_lo", f"{m}_hi")]
+    assert csv_lines[0].split(",") == ["system", "n", "skipped", *with_ci] and len(csv_lines) == 4
     ids = [e["id"] for e in json.loads((out / "manifest.json").read_text())["examples"]]
     assert len(ids) == N
     for d in ("inputs", "targets", "model", "identity", "oracle"):
@@ -74,6 +75,37 @@ def test_table_written_and_oracle_best(first_run):
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     model_ssim = [r["metrics"]["ssim"] for r in recs if r["system"] == "model"]
     assert len(model_ssim) == N and np.mean(model_ssim) == pytest.approx(m["ssim"], rel=1e-12)
+    _check_statistics(out, doc, recs)
+
+
+def _check_statistics(out, doc, recs):
+    """The intervals hold their means (oracle's FAD: exactly [0, 0]); tests.csv / table.json "tests" carry one paired
+    test per (baseline, metric) with scipy's Wilcoxon p on the per-example lines; the text table shows the intervals."""
+    import csv
+
+    import scipy.stats
+
+    rows = {r["system"]: r for r in doc["rows"]}
+    for r in rows.values():
+        for metric in doc["metrics"]:
+            assert r[f"{metric}_lo"] - 1e-9 <= r[metric] <= r[f"{metric}_hi"] + 1e-9, (r["system"], metric)
+    assert rows["oracle"]["fad_logmel_lo"] < 1e-6 and rows["oracle"]["fad_logmel_hi"] < 1e-6
+    assert doc["statistics"]["resamples"] == 200
+    with open(out / "tests.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(t["baseline"], t["metric"]) for t in table] == [(b, m) for b in ("identity", "oracle") for m in doc["metrics"]]
+    assert [t["metric"] for t in doc["tests"]] == [t["metric"] for t in table]
+    per = {(r["system"], r["id"]): r["metrics"] for r in recs}
+    ids = sorted({i for _, i in per})
+    for t in doc["tests"]:
+        if t["test"].startswith("wilcoxon"):
+            ref = scipy.stats.wilcoxon([per["model", i][t["metric"]] for i in ids],
+                                       [per[t["baseline"], i][t["metric"]] for i in ids])
+            assert t["p"] == pytest.approx(float(ref.pvalue)) and t["n"] == len(ids)
+        else:
+            assert t["test"] == "paired-bootstrap" and 2 / 201 <= t["p"] <= 1
+            if t["baseline"] == "oracle":  # FAD 0 on every resample: the model is worse on all of them
+                assert t["p"] == pytest.approx(2 / 201) and t["diff_lo"] > 0
 
 
 def test_resume_recomputes_nothing_and_corrupt_output_is_skipped(first_run, model_dir, data_dir, monkeypatch):
@@ -217,11 +249,55 @@ def test_a_metric_file_is_a_new_column(first_run, model_dir, data_dir, tmp_path,
     assert doc["metrics"] == res.metrics and doc["higher_is_better"]["abs_err"] is False
     rows = {r["system"]: r for r in doc["rows"]}
     assert rows["oracle"]["abs_err"] == 0.0 and rows["identity"]["abs_err"] > 0 and rows["model"]["abs_err"] > 0
-    assert (out / "table.csv").read_text().splitlines()[0].split(",")[3:] == res.metrics
+    assert (out / "table.csv").read_text().splitlines()[0].split(",")[3::3] == res.metrics
     assert "abs_err ↓" in res.table_text.splitlines()[0]
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sum("abs_err" in r["metrics"] for r in recs) == 3 * N
     assert "abs_err" not in [m.name for m in metrics.registered()]
+
+
+def test_eval_on_musdb_and_stems_folders(model_dir, tmp_path, capsys):
+    """`imgen eval --data` on a tiny synthetic MUSDB18-HQ layout (detected, then named with --layout) and on a
+    folder of stems: the examples come from the test tracks' Drums / Bass (4_stems), the table has its
+    intervals (--resamples) or none (--no-stats: no tests.csv either)."""
+    from data_fixtures import write_musdb_track, write_stem_files
+
+    musdb = tmp_path / "musdb"
+    for k, name in enumerate(["A - One", "B - Two"]):
+        write_musdb_track(str(musdb), "test", name, seconds=2.0, sr=8000, index=k)
+    write_musdb_track(str(musdb), "train", "C - Three", seconds=2.0, sr=8000, index=2)
+    common = ["--task", "extract", "--n", "2", "--batch", "2", "--clip-seconds", str(CLIP), "--window-frames", "120",
+              "--stride-frames", "60", "--no-progress"]
+    out = tmp_path / "eval-musdb"
+    assert imgen(["eval", "--model", str(model_dir / "instruct"), "--data", str(musdb), "--out", str(out),
+                  "--resamples", "50", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "paired tests" in printed and str(out / "tests.csv") in printed
+    examples = json.loads((out / "manifest.json").read_text())["examples"]
+    assert [e["track"] for e in examples] == ["A - One", "B - Two"] and {e["stem"] for e in examples} <= {"Drums", "Bass"}
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["statistics"]["resamples"] == 50 and all(r["n"] == 2 and "ssim_lo" in r for r in doc["rows"])
+    assert len(doc["tests"]) == 2 * len(doc["metrics"])
+    # the same run named explicitly resumes (same examples); a wrong layout is one clear error
+    assert imgen(["eval", "--model", str(model_dir / "instruct"), "--data", str(musdb), "--out", str(out),
+                  "--layout", "musdb", "--resamples", "50", *common]) == 0
+    capsys.readouterr()
+    assert imgen(["eval", "--model", str(model_dir / "instruct"), "--data", str(musdb), "--out", str(tmp_path / "x"),
+                  "--layout", "moises", *common]) == 2
+    assert "--layout must be auto or one of slakh, moisesdb, musdb, stems" in capsys.readouterr().err
+
+    stems = tmp_path / "stems"
+    for k in range(2):
+        write_stem_files(str(stems / "test" / f"song{k}"), {"drums.wav": 0, "bass.flac": 1, "guitar_1.wav": 2,
+                                                            "mix.wav": 0}, seconds=2.0, sr=8000, index=k)
+    out = tmp_path / "eval-stems"
+    assert imgen(["eval", "--model", str(model_dir / "instruct"), "--data", str(stems), "--out", str(out),
+                  "--no-stats", *common]) == 0
+    capsys.readouterr()
+    doc = json.loads((out / "table.json").read_text())
+    assert "tests" not in doc and "statistics" not in doc and not (out / "tests.csv").exists()
+    assert all(r["n"] == 2 and "ssim_lo" not in r for r in doc["rows"])
+    assert (out / "table.csv").read_text().splitlines()[0].split(",")[3:] == doc["metrics"]
 
 
 def test_one_decoding_settings_type():

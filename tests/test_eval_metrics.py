@@ -145,6 +145,13 @@ def test_frechet_distance_closed_forms():
     want = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
     assert abs(frechet_distance(m1, s1, m2, s2) - want) < 1e-8 * want
     assert frechet_distance(m1, s1, m1, s1) < 1e-9
+    # singular S1 (rank 3 of 6: fewer embeddings than dimensions): no Cholesky, the eigh path; same formula
+    z = rng.standard_normal((6, 3))
+    s1 = z @ z.T
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.cholesky(s1)
+    want = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    assert abs(frechet_distance(m1, s1, m2, s2) - want) < 1e-7 * want
 
 
 def test_pooled_stats_equal_direct_fit():

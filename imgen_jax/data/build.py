@@ -115,16 +115,18 @@ def build_dataset(
     splits: Sequence[str] = SPLITS,
     overwrite: bool = False,
     progress: bool = True,
+    layout: str = "auto",
 ) -> dict:
-    """Build the stems dataset of a Slakh2100- or MoisesDB-layout folder into `out_dir`; returns the build report."""
+    """Build the stems dataset of a dataset folder (layout: imgen_jax.data.tracks.LAYOUTS or "auto") into
+    `out_dir`; returns the build report."""
     from tqdm import tqdm
 
-    layout = detect_layout(source_dir)
+    layout = detect_layout(source_dir) if layout == "auto" else layout
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise ImgenError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
     report = BuildReport()
-    tracks = {s: read_tracks(source_dir, s, report) for s in splits}
+    tracks = {s: read_tracks(source_dir, s, report, layout) for s in splits}
     total = sum(len(v) for v in tracks.values())
     if total == 0:
         raise ImgenError(f"{source_dir}: no usable tracks in splits {list(splits)}")

@@ -35,10 +35,10 @@ log = logging.getLogger("imgen_jax.data")
 class TripletSource:
     """The usable tracks of a split under a config, and the triplet drawn for a (track, rng)."""
 
-    def __init__(self, data_dir: str, split: str, config: TripletConfig):
+    def __init__(self, data_dir: str, split: str, config: TripletConfig, layout: str = "auto"):
         self.config = config
         self.report = BuildReport()
-        self.source = open_source(data_dir, split, config.sample_rate, self.report)
+        self.source = open_source(data_dir, split, config.sample_rate, self.report, layout)
         self.usable = []
         for t, info in enumerate(self.source.infos):
             reason = unusable_reason(info, config)
@@ -135,14 +135,17 @@ def make_triplet_loader(
     shard_count: int = 1,
     num_threads: int = 2,
     prefetch: int = 4,
+    layout: str = "auto",
 ) -> TripletIterator:
-    """An endless, deterministic iterator of triplet batches of this host's shard (`batch_size` per host)."""
-    return TripletIterator(TripletSource(data_dir, split, config), batch_size, seed, split, shard_index, shard_count,
+    """An endless, deterministic iterator of triplet batches of this host's shard (`batch_size` per host).
+    layout: the dataset layout of data_dir (imgen_jax.data.tracks.LAYOUTS, or "auto": detected)."""
+    return TripletIterator(TripletSource(data_dir, split, config, layout), batch_size, seed, split, shard_index, shard_count,
                            num_threads, prefetch)
 
 
 def make_eval_set(
     data_dir: str, split: str = "test", task: str = "add", n: int = 16, seed: int = 0, config: TripletConfig | None = None,
+    layout: str = "auto",
 ) -> list[Triplet]:
     """n triplets of one task, deterministic given (data, split, task, n, seed, config).
 
@@ -154,7 +157,7 @@ def make_eval_set(
                                   "extra_tasks": config.extra_tasks or task not in PAPER_TASKS})
     if n < 1:
         raise ImgenError(f"n {n} must be >= 1")
-    src = TripletSource(data_dir, split, config)
+    src = TripletSource(data_dir, split, config, layout)
     out = []
     for i in range(n):
         tr = src.triplet(i % len(src), np.random.default_rng([seed, i]), task)

@@ -3,7 +3,7 @@
 A source holds `infos` (one `TrackInfo` per usable track) and `read(track, start, length, stems)`
 -> float32 [len(stems), length]. Two kinds, chosen by `open_source`:
 
-- `FileSource`: decodes the Slakh2100 / MoisesDB files directly (whole stems, resampled with
+- `FileSource`: decodes the dataset's files (Slakh2100, MoisesDB, MUSDB18-HQ, a folder of stems) directly (whole stems, resampled with
   polyphase filtering, a few tracks cached). Nothing to build; slow on long tracks.
 - `BuiltSource`: a dataset written by `imgen data build` (imgen_jax.data.build): stems at the model's
   rate as int16 chunks in array_record files, read through tfds without TensorFlow; only the chunks
@@ -117,14 +117,16 @@ def read_index(root: str) -> dict:
         raise ImgenError(f"{path}: not a built dataset index ({type(e).__name__})") from None
 
 
-def open_source(data_dir: str, split: str, sample_rate: int, report: BuildReport | None = None) -> FileSource | BuiltSource:
-    """A built dataset if `data_dir` holds one (its sample rate must match), else the dataset files."""
+def open_source(data_dir: str, split: str, sample_rate: int, report: BuildReport | None = None,
+                layout: str = "auto") -> FileSource | BuiltSource:
+    """A built dataset if `data_dir` holds one (its sample rate must match), else the dataset files of `layout`
+    (imgen_jax.data.tracks.LAYOUTS, or "auto": detected)."""
     if os.path.isfile(os.path.join(data_dir, INDEX_FILE)):
         src = BuiltSource(data_dir, split)
         if src.sample_rate != sample_rate:
             raise ImgenError(f"{data_dir}: built at {src.sample_rate} Hz, the model needs {sample_rate} Hz; rebuild with --sample-rate {sample_rate}")
         return src
-    tracks = read_tracks(data_dir, split, report)
+    tracks = read_tracks(data_dir, split, report, layout)
     if not tracks:
         raise ImgenError(f"{data_dir}: no usable {split!r} tracks")
     return FileSource(tracks, sample_rate)

@@ -7,15 +7,18 @@ import argparse
 from imgen_jax import vocab
 
 EVAL_HELP = """\
-Evaluate instructed edits on a deterministic set of examples drawn from a Slakh2100-layout
-dataset (imgen_jax.data.make_eval_set) with the Instruct-MusicGen paper's metrics: SI-SDR and
-SI-SDRi (remove / extract), SSIM of mel spectrograms, mel L1, and FAD per embedder (built-in:
-`encodec` = the model's EnCodec latents, `logmel` = log-mel frames; plug-ins: module:factory,
-file.py:factory[=ARG], e.g. VGGish from a local checkpoint). CLAP score and KL are computed only
-with a --clap / --classifier plug-in (none ships; imgen_jax never imports torch).
+Evaluate instructed edits on a deterministic set of examples drawn from a Slakh2100, MoisesDB,
+MUSDB18-HQ or stems-folder dataset (imgen_jax.data.make_eval_set; --layout, default detected)
+with the Instruct-MusicGen paper's metrics: SI-SDR and SI-SDRi (remove / extract), SSIM of mel
+spectrograms, mel L1, and FAD per embedder (built-in: `encodec` = the model's EnCodec latents,
+`logmel` = log-mel frames; plug-ins: module:factory, file.py:factory[=ARG], e.g. VGGish from a
+local checkpoint). CLAP score and KL are computed only with a --clap / --classifier plug-in
+(none ships; imgen_jax never imports torch).
 The table has one row per system: model (the edit), identity (output = input) and oracle
 (output = ground truth), with the number of examples each row averages. Written to OUT:
-inputs/, targets/, <system>/<id>.wav, results.jsonl, table.csv, table.json, table.png.
+inputs/, targets/, <system>/<id>.wav, results.jsonl, table.csv, table.json, table.png, tests.csv.
+Every cell gets a 95% bootstrap confidence interval and the model row a paired test against
+each other row (Wilcoxon signed-rank per example metric, paired bootstrap for FAD), seed fixed.
 Rerunning with the same OUT resumes: finished edits and scores are not recomputed.
 """
 
@@ -25,7 +28,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="evaluate edits with the paper's metrics (table + chart)", description=EVAL_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("--model", required=True, help="converted model directory with adapters")
-    v.add_argument("--data", required=True, help="Slakh2100-layout dataset root (e.g. from `imgen data mini-slakh`)")
+    v.add_argument("--data", required=True, help="dataset root: Slakh2100 (e.g. `imgen data mini-slakh`), MoisesDB, "
+                   "MUSDB18-HQ or a folder of stems (see --layout)")
     v.add_argument("--task", required=True, help="add, remove or extract")
     v.add_argument("--n", type=int, required=True, help="number of examples")
     v.add_argument("--batch", type=int, default=4, help="examples edited together")
@@ -43,6 +47,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"top-k sampling of the edits (official: {vocab.EDIT_TOP_K})")
     v.add_argument("--window-frames", type=int, default=vocab.EVAL_WINDOW_FRAMES)
     v.add_argument("--stride-frames", type=int, default=vocab.EVAL_STRIDE_FRAMES)
+    v.add_argument("--resamples", type=int, default=1000,
+                   help="bootstrap resamples of the 95%% intervals and the FAD paired tests (seed fixed: 0)")
+    v.add_argument("--no-stats", action="store_true", help="no intervals and no paired tests (tests.csv not written)")
+    v.add_argument("--layout", default="auto", help="dataset layout of --data: auto, slakh, moisesdb, musdb or stems")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.set_defaults(func=run)
     return v
@@ -58,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
         clap=args.clap, classifier=args.classifier,
         sampling=SamplingConfig.for_edit(guidance_scale=args.guidance, top_k=args.top_k, seed=args.seed),
         window_frames=args.window_frames, stride_frames=args.stride_frames,
+        resamples=0 if args.no_stats else args.resamples, layout=args.layout,
     )
     opts.check()
     res = run_eval(args.model, args.data, args.out or f"imgen-eval-{args.task}", opts, progress=not args.no_progress)
     print(res.table_text)
-    for key in ("csv", "json", "png"):
-        print(res.paths[key])
+    for key in ("csv", "json", "png", "tests"):
+        if key in res.paths:
+            print(res.paths[key])
     return 0
 
 

@@ -60,6 +60,7 @@ from imgen_jax.generate import SamplingConfig
 
 TASKS = vocab.TASKS
 SYSTEMS = ("model", "identity", "oracle")
+MODEL_SYSTEMS = ("model",)  # rows tested against every other row (the baselines) by imgen_jax.eval.stats
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 
@@ -85,6 +86,8 @@ class EvalOptions:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig.for_edit)
     window_frames: int = vocab.EVAL_WINDOW_FRAMES
     stride_frames: int = vocab.EVAL_STRIDE_FRAMES
+    resamples: int = 1000    # bootstrap resamples of the intervals and FAD tests (imgen_jax.eval.stats); 0: none
+    layout: str = "auto"     # dataset layout of data_dir (imgen_jax.data.tracks.LAYOUTS)
 
     def __post_init__(self):
         if isinstance(self.sampling, SamplingConfig) and self.sampling.seed != self.seed:
@@ -102,6 +105,12 @@ class EvalOptions:
             raise ImgenError(f"--clip-seconds must be > 0, got {self.clip_seconds}")
         if not 0 < self.stride_frames <= self.window_frames:
             raise ImgenError(f"--stride-frames must be in 1..--window-frames ({self.window_frames}), got {self.stride_frames}")
+        if not isinstance(self.resamples, int) or self.resamples < 0:
+            raise ImgenError(f"--resamples must be a number of bootstrap resamples >= 0, got {self.resamples}")
+        from imgen_jax.data.tracks import LAYOUTS
+
+        if self.layout not in ("auto", *LAYOUTS):
+            raise ImgenError(f"--layout must be auto or one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if len(set(self.embedders)) != len(self.embedders):
             raise ImgenError(f"an embedder is given twice: {', '.join(self.embedders)}")
         if not isinstance(self.sampling, SamplingConfig):
@@ -129,9 +138,10 @@ class EvalOptions:
 
 @dataclasses.dataclass
 class EvalResult:
-    """rows: the table (dicts with system, n, skipped and one value per metric); metrics: the metric
-    columns; skipped: [(system, id, reason)]; edited / scored: how many edits and (system, example)
-    scorings this run computed (0 and 0 on a finished directory); paths: the written table files."""
+    """rows: the table (dicts with system, n, skipped and one value per metric, plus <metric>_lo /
+    <metric>_hi, its 95% bootstrap interval, unless resamples=0); metrics: the metric columns;
+    skipped: [(system, id, reason)]; edited / scored: how many edits and (system, example) scorings
+    this run computed (0 and 0 on a finished directory); paths: the written table files."""
 
     rows: list[dict]
     metrics: list[str]
@@ -140,6 +150,7 @@ class EvalResult:
     scored: int
     paths: dict[str, str]
     table_text: str
+    tests: list[dict] = dataclasses.field(default_factory=list)  # paired tests (imgen_jax.eval.stats), [] with resamples=0
 
 
 # ---- the evaluation set ---------------------------------------------------------------------
@@ -155,7 +166,8 @@ def load_eval_set(data_dir: str, opts: EvalOptions, sample_rate: int) -> list:
     if not os.path.isdir(data_dir):
         raise ImgenError(f"{data_dir}: data directory not found")
     cfg = TripletConfig(tasks=(opts.task,), stems=opts.stems, clip_seconds=opts.clip_seconds, sample_rate=sample_rate)
-    return list(make_eval_set(data_dir, split=opts.split, task=opts.task, n=opts.n, seed=opts.seed, config=cfg))
+    return list(make_eval_set(data_dir, split=opts.split, task=opts.task, n=opts.n, seed=opts.seed, config=cfg,
+                              layout=opts.layout))
 
 
 def _safe_id(s: str) -> str:
@@ -259,7 +271,7 @@ class _Scores:
     (and "targets"), skipped outputs, how many (system, example) pairs were scored now."""
 
     per_system: dict[str, dict[str, dict]]
-    stats: dict[str, dict[str, list]]
+    stats: dict[str, dict[str, dict]]  # embedder -> system or "targets" -> example id -> GaussianStats
     skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     scored: int = 0
 
@@ -409,7 +421,7 @@ def _score_all(run: _Run, scorer: Scorer, progress: bool) -> _Scores:
 
     res_path = os.path.join(run.out_dir, RESULTS)
     done = _read_results(res_path)
-    sc = _Scores({s: {} for s in SYSTEMS}, {e: {s: [] for s in (*SYSTEMS, "targets")} for e in scorer.embedders})
+    sc = _Scores({s: {} for s in SYSTEMS}, {e: {s: {} for s in (*SYSTEMS, "targets")} for e in scorer.embedders})
     examples: dict[str, Any] = {}
 
     def example(i: str):
@@ -427,7 +439,7 @@ def _score_all(run: _Run, scorer: Scorer, progress: bool) -> _Scores:
                 if st is None:
                     st = scorer.embed_stats(example(i).target.wav)[e]
                     _save_stats(run.stats(e, "targets", i), st)
-                sc.stats[e]["targets"].append(st)
+                sc.stats[e]["targets"][i] = st
         for s, i in work:
             _score_one(run, scorer, sc, s, i, done.get((s, i)), res_path, example)
             bar.update(1)
@@ -451,7 +463,7 @@ def _score_one(run: _Run, scorer: Scorer, sc: _Scores, s: str, i: str, rec: dict
     if cached is not None:
         sc.per_system[s][i] = rec["metrics"]
         for e, st in cached.items():
-            sc.stats[e][s].append(st)
+            sc.stats[e][s][i] = st
         return
     try:
         est = read_audio(run.wav(s, i), run.sr)[0]
@@ -463,7 +475,7 @@ def _score_one(run: _Run, scorer: Scorer, sc: _Scores, s: str, i: str, rec: dict
     st = scorer.embed_stats(_fit(est, ex.n))
     for e in scorer.embedders:
         _save_stats(run.stats(e, s, i), st[e])
-        sc.stats[e][s].append(st[e])
+        sc.stats[e][s][i] = st[e]
     _append_result(res_path, {"system": s, "id": i, "sig": sig, "metrics": metrics})
     sc.per_system[s][i] = metrics
     sc.scored += 1
@@ -490,8 +502,8 @@ def _row(s: str, sc: _Scores, scorer: Scorer) -> dict[str, Any]:
     for m in scorer.metric_names():
         row[m] = float(np.mean([v[m] for v in vals.values()])) if vals else float("nan")
     for col, metric, e in scorer.set_columns():
-        ok = sc.stats[e][s]
-        row[col] = metric.compute(ok, sc.stats[e]["targets"]) if ok else float("nan")
+        ok = list(sc.stats[e][s].values())
+        row[col] = metric.compute(ok, list(sc.stats[e]["targets"].values())) if ok else float("nan")
     return row
 
 
@@ -501,18 +513,52 @@ def _write_table(run: _Run, opts: EvalOptions, scorer: Scorer, sc: _Scores, sett
 
     columns = scorer.metric_names() + [c for c, _, _ in scorer.set_columns()]
     rows = [_row(s, sc, scorer) for s in SYSTEMS]
+    tests = _statistics(rows, opts, scorer, sc)
     info = {"settings": settings, "n_examples": len(run.ids), "embedders": list(scorer.embedders),
             "skipped": [{"system": s, "id": i, "reason": r} for s, i, r in sc.skipped],
             "notes": ["per-example metrics on 16 kHz audio; SSIM on mel power spectrograms with data_range 1 (official)",
                       "FAD: Fréchet distance of pooled frame embeddings, system outputs vs targets"]}
+    if opts.resamples:
+        info["statistics"] = _statistics_note(opts)
     out = lambda name: os.path.join(run.out_dir, name)
     paths = {
         "csv": report.write_csv(out("table.csv"), rows, columns),
-        "json": report.write_json(out("table.json"), rows, columns, info),
+        "json": report.write_json(out("table.json"), rows, columns, info, tests if opts.resamples else None),
         "png": report.write_bar_chart(out("table.png"), rows, columns,
                                       f"{opts.task}: {len(run.ids)} examples ({opts.split})"),
     }
-    return EvalResult(rows, columns, sc.skipped, edited, sc.scored, paths, report.format_table(rows, columns))
+    text = report.format_table(rows, columns)
+    if opts.resamples:
+        paths["tests"] = report.write_tests_csv(out("tests.csv"), tests)
+        text += "\n\npaired tests (Wilcoxon signed-rank / paired bootstrap for FAD; diff = model - baseline)\n"
+        text += report.format_tests(tests)
+    return EvalResult(rows, columns, sc.skipped, edited, sc.scored, paths, text, tests)
+
+
+def _statistics(rows: list[dict], opts: EvalOptions, scorer: Scorer, sc: _Scores) -> list[dict]:
+    """Add the 95% bootstrap intervals to the rows and return the paired tests of the model rows against
+    the other rows (imgen_jax.eval.stats); nothing with opts.resamples = 0."""
+    from imgen_jax.eval import stats
+
+    if not opts.resamples:
+        return []
+    ts = stats.TableStats(sc.per_system, scorer.metric_names(),
+                          [(col, metric.compute, sc.stats[e]) for col, metric, e in scorer.set_columns()],
+                          MODEL_SYSTEMS, resamples=opts.resamples)
+    ts.intervals(rows)
+    return ts.tests([r["system"] for r in rows])
+
+
+def _statistics_note(opts: EvalOptions) -> dict:
+    from imgen_jax.eval import stats
+
+    return {"interval": f"{stats.LEVEL:.0%} percentile bootstrap over examples", "resamples": opts.resamples,
+            "seed": stats.SEED, "models": list(MODEL_SYSTEMS),
+            "example_test": "Wilcoxon signed-rank, two-sided, zero differences dropped, exact (ties included) up to "
+                            f"{stats.EXACT_MAX} non-zero differences, else normal approximation (tie-corrected, "
+                            "no continuity correction)",
+            "set_test": "paired bootstrap of the difference on the same resamples, p = min(1, 2 (k + 1) / (B + 1))",
+            "p_holm": "Holm-adjusted over all tests of one model row"}
 
 
 # ---- the run ----------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "triplets"      # "triplets": imgen_jax.data.make_triplet_loader over data.dir; "synthetic": tests
-    c.data.dir = ""                 # Slakh2100 / mini-Slakh / MoisesDB root, or its `imgen data build` output (faster)
+    c.data.dir = ""                 # Slakh2100 / mini-Slakh / MoisesDB / MUSDB18-HQ / stems-folder root, or its
+                                    # `imgen data build` output (faster)
+    c.data.layout = "auto"          # layout of data.dir: auto (detected), slakh, moisesdb, musdb or stems
     c.data.tasks = TASKS
     c.data.stems = "4_stems"
     c.data.clip_seconds = 5.0
@@ -121,6 +123,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.data.source in DATA_SOURCES, "data.source", f"{c.data.source!r} is not one of {DATA_SOURCES}")
     if c.data.source == "triplets":
         need(isinstance(c.data.dir, str) and bool(c.data.dir), "data.dir", "not set; pass --config.data.dir=DIR")
+    from imgen_jax.data.tracks import LAYOUTS
+
+    layout = c.data.get("layout", "auto")
+    need(layout in ("auto", *LAYOUTS), "data.layout", f"{layout!r} is not auto nor one of {LAYOUTS}")
     tasks = tuple(c.data.tasks)
     need(bool(tasks) and all(t in TASKS for t in tasks), "data.tasks", f"{list(tasks)} must be a non-empty subset of {TASKS}")
     need(c.data.clip_seconds > 0, "data.clip_seconds", "must be > 0")

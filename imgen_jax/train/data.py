@@ -90,7 +90,8 @@ def make_loader(config: ml_collections.ConfigDict, split: str, batch_size: int, 
     cfg = TripletConfig(tasks=tuple(config.data.tasks), stems=config.data.stems,
                         clip_seconds=float(config.data.clip_seconds), sample_rate=int(config.data.sample_rate))
     return make_triplet_loader(root, split=split, config=cfg, batch_size=batch_size, seed=seed,
-                               shard_index=shard_index, shard_count=shard_count)
+                               shard_index=shard_index, shard_count=shard_count,
+                               layout=str(config.data.get("layout", "auto")))
 
 
 def encode_batch(batch: dict, tokenizer, max_length: int, expect_samples: int) -> dict[str, np.ndarray]:
