@@ -177,7 +177,13 @@ def test_eval_errors(model_dir, data_dir, tmp_path, capsys):
     err(["eval", "--model", str(model_dir / "plain")] + base + ["--task", "add", "--n", "2"], "no Instruct-MusicGen adapters")
     err(good + ["--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o"), "--task", "add", "--n", "2"],
         "data directory not found")
-    err(good + base + ["--task", "add", "--n", "2", "--embedder", "vggish"], "unknown embedder 'vggish'")
+    err(good + base + ["--task", "add", "--n", "2", "--embedder", "nosuch"], "unknown embedder 'nosuch'")
+    err(good + base + ["--task", "add", "--n", "2", "--vggish", "vggish-10086976.pth"],
+        "vggish-10086976.pth: a PyTorch checkpoint; convert it first with `python -m convert.vggish_weights")
+    err(good + base + ["--task", "add", "--n", "2", "--cnn14", "a.safetensors", "--classifier", "m:f"],
+        "give --cnn14 or --classifier, not both")
+    err(good + base + ["--task", "add", "--n", "2", "--demucs", str(tmp_path / "absent.safetensors")],
+        "absent.safetensors: --demucs weights file not found")
     err(good + base + ["--task", "add", "--n", "2", "--split", "nosuchsplit"])
     assert not os.path.exists(tmp_path / "o" / "model")
 
