@@ -117,14 +117,16 @@ def _optional_net(module: str, what: str):
 
 def load_clap_plugin(path: str):
     """The CLAP scorer of a converted LAION-CLAP file (imgen_jax.eval.nets.clap: .embed_audio / .embed_text at 48 kHz)."""
+    path = _converted(path, "--clap", "convert.clap_weights")
     clap = _optional_net("clap", "--clap")
-    return clap.clap_scorer(clap.load_clap(_converted(path, "--clap", "convert.clap_weights")))
+    return clap.clap_scorer(clap.load_clap(path))
 
 
 def load_htdemucs_plugin(path: str):
     """The HTDemucs separator of a converted file (imgen_jax.eval.nets.htdemucs: .separate(mix [C, n]) -> [S, C, n])."""
+    path = _converted(path, "--demucs", "convert.htdemucs_weights")
     demucs = _optional_net("htdemucs", "--demucs")
-    return demucs.htdemucs_separator(demucs.load_htdemucs(_converted(path, "--demucs", "convert.htdemucs_weights")))
+    return demucs.htdemucs_separator(demucs.load_htdemucs(path))
 
 
 register("embedder", "vggish", lambda model_dir=None, arg=None:
