@@ -560,6 +560,8 @@ def _write_table(run: _Run, opts: EvalOptions, scorer: Scorer, sc: _Scores, sett
     columns = scorer.metric_names() + [c for c, _, _ in scorer.set_columns()]
     rows = [_row(s, sc, scorer) for s in run.systems]
     info = {"settings": settings, "n_examples": len(run.ids), "embedders": list(scorer.embedders),
+            "plugins": {"embedders": list(opts.embedders), "clap": opts.clap, "classifier": opts.classifier,
+                        "separator": opts.separator},
             "skipped": [{"system": s, "id": i, "reason": r} for s, i, r in sc.skipped],
             "notes": ["per-example metrics on 16 kHz audio; SSIM on mel power spectrograms with data_range 1 (official)",
                       "FAD: Fréchet distance of pooled frame embeddings, system outputs vs targets",
