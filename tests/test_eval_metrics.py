@@ -234,7 +234,8 @@ def test_eval_runtime_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, imgen_jax.cli, imgen_jax.eval.runner, imgen_jax.eval.embedders, imgen_jax.eval.report; "
+    code = ("import sys, imgen_jax.cli, imgen_jax.eval.runner, imgen_jax.eval.embedders, imgen_jax.eval.report, "
+            "imgen_jax.eval.networks, imgen_jax.eval.separation; "
             "imgen_jax.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
