@@ -5,6 +5,10 @@ The model: a transformers MusicGen with random weights plus random adapters, con
 (`mini_slakh_root`, tests/conftest.py), resampled to the tiny codec's 800 Hz. Checks: the table files and rows, the oracle's scores are the best
 possible on every metric, identity's SI-SDRi is 0, a second run recomputes nothing, a corrupt
 output is reported and left out of its row, plug-in CLAP / classifier metrics, one-line errors.
+The paper's networks: --vggish / --cnn14 with Flax VGGish / Cnn14 of the real shapes and random
+weights (files written in the converters' format), each column checked against a direct computation;
+--clap / --demucs wired through test-only stand-ins of imgen_jax.eval.nets.clap / htdemucs (their
+interfaces), with the htdemucs baseline row.
 """
 
 import json
@@ -185,9 +189,10 @@ def test_plugin_metrics(first_run, model_dir, data_dir):
                    _opts(embedders=("logmel",), clap=f"{__name__}:make_clap", classifier=f"{__name__}:make_cls"),
                    progress=False)
     assert res.edited == 0 and res.scored == 3 * N  # the new metrics need every example scored again
-    assert res.metrics == ["si_sdr", "si_sdri", "ssim", "mel_l1", "clap", "kl", "fad_logmel"]
+    assert res.metrics == ["si_sdr", "si_sdri", "ssim", "mel_l1", "clap", "kl_softmax", "kl_sigmoid", "fad_logmel"]
     rows = {r["system"]: r for r in res.rows}
-    assert rows["oracle"]["kl"] == pytest.approx(0.0, abs=1e-12) and rows["model"]["kl"] > 0
+    for kl in ("kl_softmax", "kl_sigmoid"):  # audioldm_eval's 1e-6 leaves identical logits slightly below 0
+        assert rows["oracle"][kl] == pytest.approx(0.0, abs=1e-5) and rows["model"][kl] > 1e-3
     assert all(-1 <= r["clap"] <= 1 for r in res.rows)
 
 
@@ -209,7 +214,13 @@ def test_eval_errors(model_dir, data_dir, tmp_path, capsys):
     err(["eval", "--model", str(model_dir / "plain")] + base + ["--task", "add", "--n", "2"], "no Instruct-MusicGen adapters")
     err(good + ["--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o"), "--task", "add", "--n", "2"],
         "data directory not found")
-    err(good + base + ["--task", "add", "--n", "2", "--embedder", "vggish"], "unknown embedder 'vggish'")
+    err(good + base + ["--task", "add", "--n", "2", "--embedder", "nosuch"], "unknown embedder 'nosuch'")
+    err(good + base + ["--task", "add", "--n", "2", "--vggish", "vggish-10086976.pth"],
+        "vggish-10086976.pth: a PyTorch checkpoint; convert it first with `python -m convert.vggish_weights")
+    err(good + base + ["--task", "add", "--n", "2", "--cnn14", "a.safetensors", "--classifier", "m:f"],
+        "give --cnn14 or --classifier, not both")
+    err(good + base + ["--task", "add", "--n", "2", "--demucs", str(tmp_path / "absent.safetensors")],
+        "absent.safetensors: --demucs weights file not found")
     err(good + base + ["--task", "add", "--n", "2", "--split", "nosuchsplit"])
     assert not os.path.exists(tmp_path / "o" / "model")
 
@@ -326,3 +337,146 @@ def test_one_decoding_settings_type():
     c.samples.top_k, c.samples.guidance = 17, 2.5
     s = samples_sampling(c)
     assert isinstance(s, SamplingConfig) and (s.top_k, s.guidance_scale) == (17, 2.5)
+
+
+# ---- the paper's networks ---------------------------------------------------------------------
+
+
+def _random_net(path, kind, cfg, abstract, seed):
+    """A weights file of `kind` in the converters' format (imgen_jax.eval.nets.common.save_net) with random
+    weights of the network's real shapes (He-scaled kernels, small biases)."""
+    from imgen_jax.eval.nets.common import save_net
+    from imgen_jax.weights import module_shapes
+
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, (shape, _) in module_shapes(abstract(cfg)).items():
+        if len(shape) > 1:
+            flat[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32((2.0 / np.prod(shape[:-1])) ** 0.5)
+        else:
+            flat[name] = rng.uniform(0.5 if name.endswith("scale") else -0.1, 1.0 if name.endswith("scale") else 0.1,
+                                     shape).astype(np.float32)
+    save_net(path, kind, cfg, flat)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def paper_nets(tmp_path_factory):
+    from imgen_jax.eval.nets.cnn14 import Cnn14Config, abstract_cnn14
+    from imgen_jax.eval.nets.vggish import VGGishConfig, abstract_vggish
+
+    d = tmp_path_factory.mktemp("paper_nets")
+    return (_random_net(d / "vggish.safetensors", "vggish", VGGishConfig(), abstract_vggish, 1),
+            _random_net(d / "cnn14.safetensors", "cnn14", Cnn14Config(), abstract_cnn14, 2))
+
+
+def _clips(out, system, ids, sr):
+    """(outputs cut / padded to their targets, targets) of a system, mono at sr."""
+    from imgen_jax.audio import read_audio
+    from imgen_jax.eval.scoring import fit
+
+    tgts = [read_audio(str(out / "targets" / f"{i}.wav"), sr)[0] for i in ids]
+    return [fit(read_audio(str(out / system / f"{i}.wav"), sr)[0], t.size) for i, t in zip(ids, tgts)], tgts
+
+
+def test_vggish_fad_and_cnn14_kl(first_run, paper_nets):
+    """--vggish / --cnn14: the columns fad_vggish, kl_softmax and kl_sigmoid (lower is better), each equal to the
+    Flax network run directly on the 16 kHz outputs and targets (FAD: all patch embeddings of a set pooled)."""
+    from imgen_jax.eval.fad import GaussianStats, fad
+    from imgen_jax.eval.mel import resample
+    from imgen_jax.eval.metrics.kl_sigmoid import kl_sigmoid
+    from imgen_jax.eval.metrics.kl_softmax import kl_softmax
+    from imgen_jax.eval.networks import Cnn14Classifier, VGGishEmbedder
+
+    out, argv = first_run
+    vggish, cnn14 = paper_nets
+    assert imgen(argv + ["--embedder", "logmel", "--vggish", vggish, "--cnn14", cnn14]) == 0
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["metrics"] == ["si_sdr", "si_sdri", "ssim", "mel_l1", "kl_softmax", "kl_sigmoid", "fad_logmel", "fad_vggish"]
+    assert not any(doc["higher_is_better"][m] for m in ("kl_softmax", "kl_sigmoid", "fad_vggish"))
+    rows = {r["system"]: r for r in doc["rows"]}
+    assert list(rows) == ["model", "identity", "oracle"]
+    ids = [e["id"] for e in json.loads((out / "manifest.json").read_text())["examples"]]
+    sr = json.loads((out / "manifest.json").read_text())["settings"]["sample_rate"]
+    emb, cls = VGGishEmbedder(vggish), Cnn14Classifier(cnn14)
+    outs, tgts = _clips(out, "model", ids, sr)
+    o16, t16 = [resample(w, sr, 16000) for w in outs], [resample(w, sr, 16000) for w in tgts]
+    pooled = lambda clips: GaussianStats.pool(GaussianStats.of(e) for e in emb(clips))
+    assert rows["model"]["fad_vggish"] == pytest.approx(fad(pooled(o16), pooled(t16)), rel=1e-9)
+    lo, lt = cls(o16), cls(t16)
+    assert lo.shape == (N, 527)
+    assert rows["model"]["kl_softmax"] == pytest.approx(np.mean([kl_softmax(b, a) for a, b in zip(lo, lt)]), rel=1e-6)
+    assert rows["model"]["kl_sigmoid"] == pytest.approx(np.mean([kl_sigmoid(b, a) for a, b in zip(lo, lt)]), rel=1e-6)
+    o = rows["oracle"]
+    assert o["fad_vggish"] < 1e-6 and abs(o["kl_softmax"]) < 1e-3 and rows["model"]["fad_vggish"] > 1e-3
+
+
+def _fake_net_modules(monkeypatch, tmp_path):
+    """Test-only stand-ins of imgen_jax.eval.nets.clap / htdemucs implementing their interfaces, and two dummy files."""
+    import sys
+    import types
+
+    from test_eval_metrics import _Separator
+
+    class Clap:
+        name, sample_rate = "clap", 48000
+
+        def embed_audio(self, wavs):
+            assert all(np.ndim(w) == 1 for w in wavs)
+            return np.stack([[float(np.sqrt(np.mean(np.square(w)))), float(np.mean(np.abs(np.diff(w)))), 0.1] for w in wavs])
+
+        def embed_text(self, texts):
+            return np.stack([[len(t) / 50.0, 0.01 * t.count("a"), 1.0] for t in texts])
+
+    clap, demucs = types.ModuleType("imgen_jax.eval.nets.clap"), types.ModuleType("imgen_jax.eval.nets.htdemucs")
+    clap.load_clap = lambda path: ("clap", str(path))
+    clap.clap_scorer = lambda model: Clap()
+    demucs.load_htdemucs = lambda path: ("htdemucs", str(path))
+    demucs.htdemucs_separator = lambda model: _Separator()
+    monkeypatch.setitem(sys.modules, "imgen_jax.eval.nets.clap", clap)
+    monkeypatch.setitem(sys.modules, "imgen_jax.eval.nets.htdemucs", demucs)
+    files = tmp_path / "clap.safetensors", tmp_path / "htdemucs.safetensors"
+    for f in files:
+        f.write_bytes(b"stand-in")
+    return Clap(), _Separator(), [str(f) for f in files]
+
+
+def test_clap_and_demucs_columns_and_baseline_row(first_run, tmp_path, monkeypatch):
+    """--clap FILE / --demucs FILE: the clap and p_demucs columns equal their definitions on each output, and the
+    htdemucs row's outputs are the separator's baseline of each input (remove: the mix minus the stem's source)."""
+    from imgen_jax.audio import read_audio
+    from imgen_jax.eval.mel import resample
+    from imgen_jax.eval.metrics.clap import caption
+    from imgen_jax.eval.scoring import Context, Clip
+    from imgen_jax.eval.separation import baseline
+    from imgen_jax.eval.metrics import p_demucs
+
+    out, argv = first_run
+    clap, sep, (clap_file, demucs_file) = _fake_net_modules(monkeypatch, tmp_path)
+    assert imgen(argv + ["--embedder", "logmel", "--clap", clap_file, "--demucs", demucs_file]) == 0
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["metrics"] == ["si_sdr", "si_sdri", "ssim", "mel_l1", "clap", "p_demucs", "fad_logmel"]
+    assert doc["higher_is_better"]["clap"] and doc["higher_is_better"]["p_demucs"]
+    rows = {r["system"]: r for r in doc["rows"]}
+    assert list(rows) == ["model", "identity", "oracle", "htdemucs"] and rows["htdemucs"]["n"] == N
+    man = json.loads((out / "manifest.json").read_text())
+    sr, ids, stems = man["settings"]["sample_rate"], [e["id"] for e in man["examples"]], [e["stem"] for e in man["examples"]]
+    assert json.loads((out / "htdemucs" / "separator.json").read_text())["spec"] == f"htdemucs={demucs_file}"
+    for i, stem in zip(ids, stems):
+        inp = read_audio(str(out / "inputs" / f"{i}.wav"), sr)[0]
+        got = read_audio(str(out / "htdemucs" / f"{i}.wav"), sr)[0]
+        np.testing.assert_allclose(got, baseline(sep, "remove", stem, inp, sr), atol=2e-4)  # 16-bit wav
+    ctx = Context("remove", sr, {"separator": sep})
+    for system in ("model", "htdemucs"):
+        outs, _ = _clips(out, system, ids, sr)
+        want_clap = []
+        for w, stem in zip(outs, stems):
+            a = clap.embed_audio([resample(w, sr, 48000)])[0]
+            t = clap.embed_text([caption("remove", stem)])[0]
+            want_clap.append(a @ t / (np.linalg.norm(a) * np.linalg.norm(t)))
+        assert rows[system]["clap"] == pytest.approx(np.mean(want_clap), rel=1e-9)
+        want_p = np.mean([not p_demucs.present(sep, Clip(w, ctx), stem) for w, stem in zip(outs, stems)])
+        assert rows[system]["p_demucs"] == pytest.approx(want_p, abs=1e-12)
+    # the baseline row goes away without --demucs (its files stay for a later run)
+    assert imgen(argv + ["--embedder", "logmel"]) == 0
+    assert [r["system"] for r in json.loads((out / "table.json").read_text())["rows"]] == ["model", "identity", "oracle"]

@@ -10,6 +10,10 @@
   filters built band by band from the HTK formula; tolerance 1e-9 relative.
 - Fréchet distance: closed forms for 1-D Gaussians, diagonal and commuting covariances, and the
   usual scipy.linalg.sqrtm formula for full random covariances; tolerance 1e-8 relative.
+- KL (softmax, sigmoid): audioldm_eval 0.0.3's torch formulas (`kl_div((q + 1e-6).log(), p, "sum")`,
+  float64); tolerance 1e-9.
+- P-Demucs and the separation baseline: a test-only separator implementing the plug-in interface
+  (the HTDemucs port lives in imgen_jax.eval.nets.htdemucs).
 """
 
 import math
@@ -167,13 +171,24 @@ def test_pooled_stats_equal_direct_fit():
     assert fad(pooled, pooled) < 1e-9
 
 
-def test_kl_softmax_reference():
+def test_kl_softmax_and_sigmoid_match_audioldm_eval():
+    from imgen_jax.eval.metrics.kl_sigmoid import kl_sigmoid
+
     a, b = np.array([1.0, 2.0, 0.5]), np.array([0.2, 2.5, 1.0])
     p, q = np.exp(a) / np.exp(a).sum(), np.exp(b) / np.exp(b).sum()
-    assert abs(kl_softmax(a, b) - float(np.sum(p * np.log(p / q)))) < 1e-12
-    assert abs(kl_softmax(a, a)) < 1e-15
-    want = float(torch.nn.functional.kl_div(torch.log_softmax(torch.tensor(b), 0), torch.softmax(torch.tensor(a), 0), reduction="sum"))
-    assert abs(kl_softmax(a, b) - want) < 1e-9
+    assert abs(kl_softmax(a, b, eps=0) - float(np.sum(p * np.log(p / q)))) < 1e-12
+    assert abs(kl_softmax(a, a, eps=0)) < 1e-15 and kl_softmax(a, a) < 0  # the 1e-6 makes identical logits negative
+    # audioldm_eval's calculate_kl for one (output, target) pair: features_1 = output logits, features_2 = target's
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        tgt, out = rng.standard_normal(527) * 3, rng.standard_normal(527) * 3
+        t, o = torch.tensor(tgt[None]), torch.tensor(out[None])
+        want_soft = float(torch.nn.functional.kl_div((o.softmax(dim=1) + 1e-6).log(), t.softmax(dim=1), reduction="sum"))
+        want_sig = float(torch.nn.functional.kl_div((o.sigmoid() + 1e-6).log(), t.sigmoid(), reduction="sum"))
+        assert abs(kl_softmax(tgt, out) - want_soft) < 1e-9 and abs(kl_sigmoid(tgt, out) - want_sig) < 1e-9
+    assert abs(kl_sigmoid(a, a, eps=0)) < 1e-15
+    with pytest.raises(ImgenError, match="differ"):
+        kl_sigmoid(a, b[:2])
 
 
 def test_resample_keeps_a_tone():
@@ -213,6 +228,8 @@ def test_plugins(tmp_path):
     register("classifier", "const", lambda model_dir=None, arg=None: type("K", (), {"sample_rate": 1, "__call__": lambda s, w: np.zeros((len(w), 3))})())
     assert load_plugin("classifier", "const").sample_rate == 1
     with pytest.raises(ImgenError, match="unknown embedder"):
+        load_plugin("embedder", "nosuch")
+    with pytest.raises(ImgenError, match="--vggish needs the path of a converted weights file"):
         load_plugin("embedder", "vggish")
     with pytest.raises(ImgenError, match="cannot import"):
         load_plugin("embedder", "no_such_module_xyz:make")
@@ -224,7 +241,8 @@ def test_eval_runtime_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, imgen_jax.cli, imgen_jax.eval.runner, imgen_jax.eval.embedders, imgen_jax.eval.report; "
+    code = ("import sys, imgen_jax.cli, imgen_jax.eval.runner, imgen_jax.eval.embedders, imgen_jax.eval.report, "
+            "imgen_jax.eval.networks, imgen_jax.eval.separation; "
             "imgen_jax.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -242,11 +260,98 @@ def test_metric_registry():
     assert [m.name for m in metrics.for_run("add", {"clap": object(), "classifier": None}, "example")] == [
         "ssim", "mel_l1", "clap"]
     assert [m.name for m in metrics.for_run("add", {}, "set")] == ["fad"]
-    want = {"si_sdr": True, "si_sdri": True, "ssim": True, "clap": True, "mel_l1": False, "kl": False,
-            "fad_encodec": False, "fad_my_vggish": False}
+    assert [m.name for m in metrics.for_run("extract", {"classifier": object(), "separator": object()}, "example")] == [
+        "si_sdr", "si_sdri", "ssim", "mel_l1", "kl_softmax", "kl_sigmoid", "p_demucs"]
+    want = {"si_sdr": True, "si_sdri": True, "ssim": True, "clap": True, "mel_l1": False, "kl_softmax": False,
+            "kl_sigmoid": False, "p_demucs": True, "fad_encodec": False, "fad_vggish": False}
     assert {c: report.higher_is_better(c) for c in want} == want
     assert metrics.unit("si_sdri") == "dB" and metrics.unit("ssim") == "" and metrics.lookup("nope") is None
     with pytest.raises(ImgenError, match="already registered"):
         metrics.register(metrics.Metric("ssim", higher_is_better=False, compute=lambda o, e, c: 0.0))
     with pytest.raises(ImgenError, match="kind"):
         metrics.Metric("x", higher_is_better=True, compute=lambda o, e, c: 0.0, kind="pooled")
+
+
+def test_batched_runs_fixed_batches_in_order():
+    """Batched groups clips by length, pads each group's last batch with silent rows and keeps the order."""
+    from imgen_jax.eval.networks import Batched
+
+    shapes = []
+
+    def fn(x):
+        shapes.append(x.shape)
+        return np.stack([x.sum(1), x[:, 0]], 1)
+
+    rng = np.random.default_rng(0)
+    wavs = [rng.standard_normal(n).astype(np.float32) for n in (5, 7, 5, 5, 7, 5, 5)]
+    got = Batched(fn, batch=3)(wavs)
+    assert sorted(shapes) == [(3, 5), (3, 5), (3, 7)]
+    for w, g in zip(wavs, got):
+        np.testing.assert_allclose(g, [w.sum(), w[0]], rtol=1e-6, atol=1e-6)  # float32 sums
+    assert Batched(fn, batch=3)([]) == []
+
+
+class _Separator:
+    """A test-only separator of the plug-in interface: drums = 0.5 mix, bass = 0.3 mix, other = 0.2 mix, vocals silent."""
+
+    name, sample_rate, channels, sources = "fake", 44100, 2, ("drums", "bass", "other", "vocals")
+    gains = (0.5, 0.3, 0.2, 0.0)
+
+    def __init__(self):
+        self.calls = 0
+
+    def separate(self, mix):
+        self.calls += 1
+        assert mix.shape[0] == self.channels and np.array_equal(mix[0], mix[1])
+        return np.stack([g * mix for g in self.gains])
+
+
+def test_p_demucs_and_separation_baseline():
+    """P-Demucs: success = the target stem's source present (add / extract) or absent (remove) above -40 dBFS RMS;
+    stems map to sources (Piano -> other, Vocals -> vocals); the baseline extracts the source or removes it."""
+    from imgen_jax.eval.metrics.p_demucs import THRESHOLD_DB
+    from imgen_jax.eval.scoring import Scorer
+    from imgen_jax.eval.separation import baseline, rms_db, source_for
+
+    sep = _Separator()
+    assert source_for("Piano", sep.sources) == "other" and source_for("Drums", sep.sources) == "drums"
+    assert source_for("Vocals", sep.sources) == "vocals"
+    assert rms_db(np.full(10, 0.01)) == pytest.approx(-40.0) and THRESHOLD_DB == -40.0
+    sr = 8000
+    t = np.arange(sr) / sr
+    loud = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    quiet = (loud * 10 ** (-45 / 20) / 0.2).astype(np.float32)  # its "other" source: -45 - 3 dB RMS, below the threshold
+    for task, stem, est, want in (("remove", "Piano", quiet, 1.0), ("remove", "Piano", loud, 0.0),
+                                  ("extract", "Piano", loud, 1.0), ("extract", "Vocals", loud, 0.0),
+                                  ("add", "Drums", loud, 1.0), ("remove", "Vocals", loud, 1.0)):
+        sc = Scorer(task, sr, {}, separator=sep)
+        assert "p_demucs" in sc.metric_names()
+        got = sc.score(est, sc.example(loud, loud, stem))["p_demucs"]
+        assert got == want, (task, stem, want)
+    mix = loud
+    ext = baseline(sep, "extract", "Bass", mix, sr)
+    rem = baseline(sep, "remove", "Bass", mix, sr)
+    assert ext.shape == rem.shape == mix.shape
+    np.testing.assert_allclose(ext[200:-200], 0.3 * mix[200:-200], atol=2e-3)  # resampled there and back
+    np.testing.assert_allclose(rem + ext, mix, atol=1e-6)  # remove = the mix minus the stem, the rest untouched
+    with pytest.raises(ImgenError, match="extract and remove"):
+        baseline(sep, "add", "Bass", mix, sr)
+
+
+def test_network_plugin_specs(tmp_path, monkeypatch):
+    """NAME=FILE specs of the paper's networks: a PyTorch checkpoint or a missing file is one clear error, and
+    CLAP / HTDemucs say so when this build lacks their modules."""
+    import sys
+
+    with pytest.raises(ImgenError, match="convert it first with `python -m convert.vggish_weights"):
+        load_plugin("embedder", "vggish=vggish-10086976.pth")
+    with pytest.raises(ImgenError, match="nope.safetensors: --cnn14 weights file not found"):
+        load_plugin("classifier", f"cnn14={tmp_path / 'nope.safetensors'}")
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"x")
+    for mod, kind, spec in (("clap", "clap", "clap"), ("htdemucs", "separator", "htdemucs")):
+        monkeypatch.setitem(sys.modules, f"imgen_jax.eval.nets.{mod}", None)
+        with pytest.raises(ImgenError, match=f"needs imgen_jax.eval.nets.{mod}, which this build"):
+            load_plugin(kind, f"{spec}={f}")
+    with pytest.raises(ImgenError, match="lacks separate"):
+        load_plugin("separator", f"{__name__}:make_peak")

@@ -3,7 +3,10 @@
 A plug-in is named by a spec string:
 
     NAME                      a registered factory (`register(kind, NAME, factory)`); built-in
-                              embedders: `encodec`, `logmel` (imgen_jax.eval.embedders)
+                              embedders: `encodec`, `logmel` (imgen_jax.eval.embedders); the paper's
+                              networks (imgen_jax.eval.networks): embedder `vggish`, classifier
+                              `cnn14`, clap `clap`, separator `htdemucs`, each as NAME=PATH
+    NAME=ARG                  a registered factory given the string ARG (e.g. `vggish=vggish.safetensors`)
     package.module:factory    a factory importable from the Python path
     path/to/file.py:factory   a factory defined in a file
     ...:factory=ARG           the factory gets the string ARG (e.g. a local checkpoint path)
@@ -12,13 +15,15 @@ The factory is called as `factory(model_dir=MODEL_DIR, arg=ARG_or_None)` and ret
 object. Plug-ins may use any framework (a VGGish / CLAP / PaSST plug-in will usually import torch);
 imgen_jax's own runtime never imports torch, and no plug-in model ships with imgen_jax.
 
-The three kinds and what their objects must provide (wavs are mono float32 [N] at `sample_rate`;
+The kinds and what their objects must provide (wavs are mono float32 [N] at `sample_rate`;
 the evaluation resamples to it):
 
     embedder    .sample_rate: int, __call__(wavs) -> list of [T_i, D] frame embeddings (or [D])
                 .name: str (optional; the table column is `fad_<name>`)
     clap        .sample_rate: int, .embed_audio(wavs) -> [B, D], .embed_text(texts) -> [B, D]
-    classifier  .sample_rate: int, __call__(wavs) -> class logits [B, C]  (KL: softmax over C)
+    classifier  .sample_rate: int, __call__(wavs) -> class logits [B, C]  (KL: softmax / sigmoid over C)
+    separator   .sample_rate: int, .sources (names, e.g. drums, bass, other, vocals), .channels: int,
+                .separate(mix [channels, n]) -> [len(sources), channels, n]  (P-Demucs, the htdemucs row)
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ KINDS = {
     "embedder": ("__call__",),
     "clap": ("embed_audio", "embed_text"),
     "classifier": ("__call__",),
+    "separator": ("separate", "sources", "channels"),
 }
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {k: {} for k in KINDS}
 
@@ -75,12 +81,15 @@ def _import_factory(target: str, spec: str) -> Callable[..., Any]:
 
 def load_plugin(kind: str, spec: str, model_dir: str | None = None) -> Any:
     """The object named by `spec` for `kind`, checked for the methods the kind needs."""
-    from imgen_jax.eval import embedders  # noqa: F401  (registers the built-ins)
+    from imgen_jax.eval import embedders, networks  # noqa: F401  (register the built-ins)
 
     if kind not in KINDS:
         raise ImgenError(f"unknown plug-in kind {kind!r}; one of {', '.join(KINDS)}")
     target, arg = spec, None
-    if ":" in spec and "=" in spec.rpartition(":")[2]:
+    name, eq, value = spec.partition("=")
+    if eq and name in _REGISTRY[kind]:  # NAME=ARG (ARG may hold ':')
+        target, arg = name, value
+    elif ":" in spec and "=" in spec.rpartition(":")[2]:
         head, _, tail = spec.rpartition(":")
         attr, _, arg = tail.partition("=")
         target = f"{head}:{attr}"

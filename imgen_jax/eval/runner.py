@@ -6,13 +6,15 @@
     print(res.table_text)                 # one row per system: model, identity, oracle
 
 Systems: `model` (the Instruct-MusicGen edit of the input), `identity` (output = the input, the
-do-nothing yardstick) and `oracle` (output = the ground truth, the best possible score).
+do-nothing yardstick), `oracle` (output = the ground truth, the best possible score) and, for remove /
+extract with a separator (--demucs), `htdemucs`: the separator applied to the input mix (extract: the
+separated stem; remove: the mix minus it), the baseline a user would reach for instead of an editor.
 
 Output directory:
 
     manifest.json               settings + examples (id, track, stem, instruction, audio checksums)
     inputs/<id>.wav             the input mixes        targets/<id>.wav   the ground truths
-    model/<id>.wav, identity/<id>.wav, oracle/<id>.wav   the outputs of each system
+    model/<id>.wav, identity/<id>.wav, oracle/<id>.wav   the outputs of each system (+ htdemucs/<id>.wav)
     results.jsonl               one line per scored (system, example): per-example metrics
     stats/<embedder>-<spec hash>/<system or targets>/<id>.npz   per-clip FAD statistics
     eval.log                    outputs that were skipped, with the reason
@@ -29,9 +31,10 @@ Metrics: those of the registry (imgen_jax.eval.metrics, one file each) that appl
 the given plug-ins. Per-example metrics (on 16 kHz resampled audio, as the official evaluation; the
 output is cut or zero-padded to the target's length first): `si_sdr` and `si_sdri` for remove /
 extract only (as the official code), `ssim` and `mel_l1` on mel spectrograms (imgen_jax.eval.mel /
-ssim), `clap` / `kl` when a CLAP / classifier plug-in is given. Set metrics: `fad_<name>` per
-embedder, the Fréchet distance between the pooled Gaussian of a system's outputs and that of the
-targets.
+ssim), `clap` with a CLAP (--clap), `kl_softmax` / `kl_sigmoid` with a classifier (--cnn14 /
+--classifier), `p_demucs` with a separator (--demucs). Set metrics: `fad_<name>` per embedder
+(`fad_vggish` with --vggish: the paper's FAD), the Fréchet distance between the pooled Gaussian of a
+system's outputs and that of the targets. Networks run on batches of SCORE_CHUNK clips.
 
 Edits run in batches of `batch` examples with one seed for the run; batch composition changes the
 random draws, so a resumed run with a different --batch can give different (equally valid) edits.
@@ -53,7 +56,7 @@ import numpy as np
 from imgen_jax import vocab
 from imgen_jax.errors import ImgenError
 from imgen_jax.eval.metrics.clap import caption
-from imgen_jax.eval.metrics.kl import kl_softmax
+from imgen_jax.eval.metrics.kl_softmax import kl_softmax
 from imgen_jax.eval.scoring import EVAL_SR, Scorer
 from imgen_jax.eval.scoring import fit as _fit
 from imgen_jax.generate import SamplingConfig
@@ -61,14 +64,18 @@ from imgen_jax.generate import SamplingConfig
 TASKS = vocab.TASKS
 SYSTEMS = ("model", "identity", "oracle")
 MODEL_SYSTEMS = ("model",)  # rows tested against every other row (the baselines) by imgen_jax.eval.stats
+BASELINE = "htdemucs"  # the separation baseline's row (remove / extract, with a separator)
+BASELINE_TASKS = ("remove", "extract")
+SCORE_CHUNK = 32  # (system, example) pairs scored together: one network call per batch
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-    """What to evaluate and how. embedders: FAD embedder specs (imgen_jax.eval.plugins); clap /
-    classifier: optional plug-in specs for the CLAP score and KL. sampling: how the edits decode (the
+    """What to evaluate and how. embedders: FAD embedder specs (imgen_jax.eval.plugins, e.g.
+    "vggish=vggish.safetensors"); clap / classifier / separator: optional plug-in specs for the CLAP score,
+    KL and P-Demucs + the htdemucs row (e.g. "cnn14=cnn14_16k.safetensors", "htdemucs=htdemucs.safetensors"). sampling: how the edits decode (the
     shared imgen_jax.generate.SamplingConfig; default `SamplingConfig.for_edit()`: CFG 3.0, top_k 100);
     its seed is set to `seed`. window_frames / stride_frames: the edit windows (capped at the adapters'
     positional table)."""
@@ -83,6 +90,7 @@ class EvalOptions:
     embedders: tuple[str, ...] = ("encodec", "logmel")
     clap: str | None = None
     classifier: str | None = None
+    separator: str | None = None
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig.for_edit)
     window_frames: int = vocab.EVAL_WINDOW_FRAMES
     stride_frames: int = vocab.EVAL_STRIDE_FRAMES
@@ -257,6 +265,7 @@ class _Run:
     ids: list[str]
     by_id: dict[str, Any]
     cache_key: dict[str, str]  # embedder -> stats folder name (another spec, another cache)
+    systems: tuple[str, ...] = SYSTEMS
 
     def wav(self, d: str, i: str) -> str:
         return os.path.join(self.out_dir, d, f"{i}.wav")
@@ -311,7 +320,7 @@ def _check_out_dir(out_dir) -> str:
 
 
 def _load_plugins(opts: EvalOptions, model_dir: str) -> tuple[dict, dict, dict]:
-    """(embedders by column name, their stats cache keys, {"clap", "classifier"} plug-ins or None)."""
+    """(embedders by column name, their stats cache keys, {"clap", "classifier", "separator"} plug-ins or None)."""
     from imgen_jax.eval.plugins import load_plugin
 
     embedders, cache_key = {}, {}
@@ -323,7 +332,7 @@ def _load_plugins(opts: EvalOptions, model_dir: str) -> tuple[dict, dict, dict]:
         embedders[name] = emb
         cache_key[name] = f"{name}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"  # another spec, another cache
     plugins = {kind: load_plugin(kind, spec, model_dir) if spec else None
-               for kind, spec in (("clap", opts.clap), ("classifier", opts.classifier))}
+               for kind, spec in (("clap", opts.clap), ("classifier", opts.classifier), ("separator", opts.separator))}
     return embedders, cache_key, plugins
 
 
@@ -367,7 +376,7 @@ def _write_references(run: _Run) -> None:
     """inputs / targets (rewritten when missing or unreadable) and the identity / oracle outputs."""
     from imgen_jax.audio import read_audio, write_wav
 
-    for d in ("inputs", "targets", *SYSTEMS):
+    for d in ("inputs", "targets", *run.systems):
         os.makedirs(os.path.join(run.out_dir, d), exist_ok=True)
     for i in run.ids:
         t = run.by_id[i]
@@ -412,16 +421,48 @@ def _edit_batch(run: _Run, editor, cfg, part: list[str], frames: dict[str, int],
     bar.update(base + total - bar.n)
 
 
+def _baseline_pending(run: _Run, opts: EvalOptions, separator, progress: bool) -> int:
+    """Write the htdemucs row's outputs that are missing (all of them when the separator spec changed,
+    recorded in htdemucs/separator.json); returns how many were separated."""
+    from imgen_jax.audio import write_wav
+    from imgen_jax.eval import report
+    from imgen_jax.eval.separation import baseline
+
+    if BASELINE not in run.systems:
+        return 0
+    folder = os.path.join(run.out_dir, BASELINE)
+    spec_path = os.path.join(folder, "separator.json")
+    try:
+        with open(spec_path) as f:
+            old = json.load(f).get("spec")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        old = None
+    if old != opts.separator:  # another separator: its outputs are stale
+        for i in run.ids:
+            if os.path.exists(run.wav(BASELINE, i)):
+                os.remove(run.wav(BASELINE, i))
+        report._atomic_text(spec_path, json.dumps({"spec": opts.separator}) + "\n")
+    pending = [i for i in run.ids if not os.path.exists(run.wav(BASELINE, i))]
+    with _bar(len(pending), f"separating {len(pending)}", "clip", progress and bool(pending)) as bar:
+        for i in pending:
+            t = run.by_id[i]
+            out = baseline(separator, opts.task, str(getattr(t, "stem", "")), np.asarray(t.input, np.float32), run.sr)
+            write_wav(run.wav(BASELINE, i), out, run.sr)
+            bar.update(1)
+    return len(pending)
+
+
 # ---- scoring ----------------------------------------------------------------------------------
 
 
 def _score_all(run: _Run, scorer: Scorer, progress: bool) -> _Scores:
-    """Score every (system, example) not already in results.jsonl for its output file's current size and mtime."""
+    """Score every (system, example) not already in results.jsonl for its output file's current size and
+    mtime, SCORE_CHUNK pairs at a time (each network runs once per chunk)."""
     from imgen_jax.audio import read_audio
 
     res_path = os.path.join(run.out_dir, RESULTS)
     done = _read_results(res_path)
-    sc = _Scores({s: {} for s in SYSTEMS}, {e: {s: {} for s in (*SYSTEMS, "targets")} for e in scorer.embedders})
+    sc = _Scores({s: {} for s in run.systems}, {e: {s: {} for s in (*run.systems, "targets")} for e in scorer.embedders})
     examples: dict[str, Any] = {}
 
     def example(i: str):
@@ -431,19 +472,38 @@ def _score_all(run: _Run, scorer: Scorer, progress: bool) -> _Scores:
             examples[i] = scorer.example(tgt, inp, getattr(run.by_id[i], "stem", ""))
         return examples[i]
 
-    work = [(s, i) for s in SYSTEMS for i in run.ids]
-    with _bar(len(work), "scoring", "clip", progress) as bar:
-        for i in run.ids:  # the targets' FAD statistics
-            for e in scorer.embedders:
-                st = _load_stats(run.stats(e, "targets", i))
-                if st is None:
-                    st = scorer.embed_stats(example(i).target.wav)[e]
-                    _save_stats(run.stats(e, "targets", i), st)
-                sc.stats[e]["targets"][i] = st
-        for s, i in work:
-            _score_one(run, scorer, sc, s, i, done.get((s, i)), res_path, example)
-            bar.update(1)
+    _target_stats(run, scorer, sc, example)
+    pending = []
+    for s in run.systems:
+        for i in run.ids:
+            sig = _sig(run.wav(s, i))
+            cached = _cached(run, scorer, done.get((s, i)), sig, s, i)
+            if cached is None:
+                pending.append((s, i, sig))
+                continue
+            sc.per_system[s][i] = done[(s, i)]["metrics"]
+            for e, st in cached.items():
+                sc.stats[e][s][i] = st
+    with _bar(len(pending), "scoring", "clip", progress) as bar:
+        for c in range(0, len(pending), SCORE_CHUNK):
+            part = pending[c:c + SCORE_CHUNK]
+            _score_chunk(run, scorer, sc, part, res_path, example)
+            bar.update(len(part))
     return sc
+
+
+def _target_stats(run: _Run, scorer: Scorer, sc: _Scores, example: Callable[[str], Any]) -> None:
+    """The targets' FAD statistics: cached files, the missing ones embedded together."""
+    have = {(e, i): _load_stats(run.stats(e, "targets", i)) for e in scorer.embedders for i in run.ids}
+    missing = [i for i in run.ids if any(have[(e, i)] is None for e in scorer.embedders)]
+    for c in range(0, len(missing), SCORE_CHUNK):
+        part = missing[c:c + SCORE_CHUNK]
+        for i, st in zip(part, scorer.embed_stats_batch([example(i).target.wav for i in part])):
+            for e in scorer.embedders:
+                _save_stats(run.stats(e, "targets", i), st[e])
+                have[(e, i)] = st[e]
+    for e in scorer.embedders:
+        sc.stats[e]["targets"] = {i: have[(e, i)] for i in run.ids}
 
 
 def _cached(run: _Run, scorer: Scorer, rec: dict | None, sig, s: str, i: str) -> dict | None:
@@ -454,31 +514,29 @@ def _cached(run: _Run, scorer: Scorer, rec: dict | None, sig, s: str, i: str) ->
     return None if any(v is None for v in cached.values()) else cached
 
 
-def _score_one(run: _Run, scorer: Scorer, sc: _Scores, s: str, i: str, rec: dict | None, res_path: str,
-               example: Callable[[str], Any]) -> None:
+def _score_chunk(run: _Run, scorer: Scorer, sc: _Scores, part: list[tuple[str, str, Any]], res_path: str,
+                 example: Callable[[str], Any]) -> None:
+    """Read, score and embed the outputs of `part` [(system, id, file signature)] together; unreadable ones are skipped."""
     from imgen_jax.audio import read_audio
 
-    sig = _sig(run.wav(s, i))
-    cached = _cached(run, scorer, rec, sig, s, i)
-    if cached is not None:
-        sc.per_system[s][i] = rec["metrics"]
-        for e, st in cached.items():
-            sc.stats[e][s][i] = st
-        return
-    try:
-        est = read_audio(run.wav(s, i), run.sr)[0]
-    except ImgenError as err:
-        sc.skipped.append((s, i, str(err)))
-        return
-    ex = example(i)
-    metrics = scorer.score(est, ex)
-    st = scorer.embed_stats(_fit(est, ex.n))
-    for e in scorer.embedders:
-        _save_stats(run.stats(e, s, i), st[e])
-        sc.stats[e][s][i] = st[e]
-    _append_result(res_path, {"system": s, "id": i, "sig": sig, "metrics": metrics})
-    sc.per_system[s][i] = metrics
-    sc.scored += 1
+    ok, ests = [], []
+    for s, i, sig in part:
+        try:
+            ests.append(read_audio(run.wav(s, i), run.sr)[0])
+        except ImgenError as err:
+            sc.skipped.append((s, i, str(err)))
+            continue
+        ok.append((s, i, sig))
+    exs = [example(i) for _, i, _ in ok]
+    metrics = scorer.score_batch(ests, exs)
+    stats = scorer.embed_stats_batch([_fit(e, ex.n) for e, ex in zip(ests, exs)])
+    for (s, i, sig), m, st in zip(ok, metrics, stats):
+        for e in scorer.embedders:
+            _save_stats(run.stats(e, s, i), st[e])
+            sc.stats[e][s][i] = st[e]
+        _append_result(res_path, {"system": s, "id": i, "sig": sig, "metrics": m})
+        sc.per_system[s][i] = m
+        sc.scored += 1
 
 
 def _log_skipped(out_dir: str, skipped: list[tuple[str, str, str]], log: Callable[[str], None]) -> None:
@@ -512,12 +570,15 @@ def _write_table(run: _Run, opts: EvalOptions, scorer: Scorer, sc: _Scores, sett
     from imgen_jax.eval import report
 
     columns = scorer.metric_names() + [c for c, _, _ in scorer.set_columns()]
-    rows = [_row(s, sc, scorer) for s in SYSTEMS]
+    rows = [_row(s, sc, scorer) for s in run.systems]
     tests = _statistics(rows, opts, scorer, sc)
     info = {"settings": settings, "n_examples": len(run.ids), "embedders": list(scorer.embedders),
+            "plugins": {"embedders": list(opts.embedders), "clap": opts.clap, "classifier": opts.classifier,
+                        "separator": opts.separator},
             "skipped": [{"system": s, "id": i, "reason": r} for s, i, r in sc.skipped],
             "notes": ["per-example metrics on 16 kHz audio; SSIM on mel power spectrograms with data_range 1 (official)",
-                      "FAD: Fréchet distance of pooled frame embeddings, system outputs vs targets"]}
+                      "FAD: Fréchet distance of pooled frame embeddings, system outputs vs targets",
+                      "kl_softmax / kl_sigmoid: audioldm_eval's KL(target || output) forms; p_demucs: success rate"]}
     if opts.resamples:
         info["statistics"] = _statistics_note(opts)
     out = lambda name: os.path.join(run.out_dir, name)
@@ -587,9 +648,11 @@ def run_eval(
     settings, examples = _settings(opts, model_dir, sr), _examples(items)
     _check_manifest(out_dir, settings, examples)  # the same settings and examples, or refuse to mix results
     ids = [e["id"] for e in examples]
-    run = _Run(out_dir, sr, ids, dict(zip(ids, items)), cache_key)
+    systems = SYSTEMS + ((BASELINE,) if plugins["separator"] is not None and opts.task in BASELINE_TASKS else ())
+    run = _Run(out_dir, sr, ids, dict(zip(ids, items)), cache_key, systems)
     _write_references(run)
     edited = _edit_pending(run, opts, model_dir, editor, progress)
+    _baseline_pending(run, opts, plugins["separator"], progress)
     scorer = Scorer(opts.task, sr, embedders, **plugins)
     sc = _score_all(run, scorer, progress)
     _log_skipped(out_dir, sc.skipped, log)
@@ -597,4 +660,5 @@ def run_eval(
 
 
 __all__ = ["EvalOptions", "EvalResult", "run_eval", "load_eval_set", "kl_softmax", "caption", "TASKS", "SYSTEMS",
+           "BASELINE",
            "EVAL_SR"]

@@ -8,7 +8,7 @@ once however many metrics read them, and a metric can keep its own per-clip (`Cl
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ def fit(wav: np.ndarray, n: int) -> np.ndarray:
 
 
 class Context:
-    """One run: task, model sample rate `sr`, mel settings, plug-ins {"clap", "classifier"} (None when not given)."""
+    """One run: task, model sample rate `sr`, mel settings, plug-ins {"clap", "classifier", "separator"} (None
+    when not given)."""
 
     def __init__(self, task: str, sr: int, plugins: Mapping[str, Any]):
         from imgen_jax.eval.mel import MelConfig
@@ -39,6 +40,10 @@ class Context:
             self._memo[key] = fn()
         return self._memo[key]
 
+    def memo_keys(self) -> list:
+        """The keys kept so far."""
+        return list(self._memo)
+
 
 class Clip:
     """Mono audio [N] at the run's rate with its derived forms (each computed once)."""
@@ -52,6 +57,10 @@ class Clip:
         if key not in self._memo:
             self._memo[key] = fn()
         return self._memo[key]
+
+    def has(self, key) -> bool:
+        """Whether `key` is kept already."""
+        return key in self._memo
 
     def at(self, rate: int) -> np.ndarray:
         """The clip resampled to `rate`: float32 [M]."""
@@ -89,8 +98,8 @@ class Scorer:
     """The per-example metrics of a run (those of the registry that apply to its task and plug-ins) and the
     per-clip embedding statistics of its set metrics."""
 
-    def __init__(self, task: str, sr: int, embedders: dict[str, Any], clap=None, classifier=None):
-        self.ctx = Context(task, sr, {"clap": clap, "classifier": classifier})
+    def __init__(self, task: str, sr: int, embedders: dict[str, Any], clap=None, classifier=None, separator=None):
+        self.ctx = Context(task, sr, {"clap": clap, "classifier": classifier, "separator": separator})
         self.embedders = embedders
         self.metrics = registry.for_run(task, self.ctx.plugins, "example")
         self.set_metrics = registry.for_run(task, self.ctx.plugins, "set")
@@ -108,16 +117,34 @@ class Scorer:
 
     def score(self, est: np.ndarray, ex: Example) -> dict[str, float]:
         """Every per-example metric of the output `est` (mono, the run's rate; cut / padded to the target)."""
-        out = Clip(fit(est, ex.n), self.ctx)
-        return {m.name: float(m.compute(out, ex, self.ctx)) for m in self.metrics}
+        return self.score_batch([est], [ex])[0]
+
+    def score_batch(self, ests: Sequence[np.ndarray], exs: Sequence[Example]) -> list[dict[str, float]]:
+        """`score` of each (output, example) pair; the metrics' `prepare` hooks run each network once on
+        the whole batch."""
+        outs = [Clip(fit(e, ex.n), self.ctx) for e, ex in zip(ests, exs)]
+        for m in self.metrics:
+            if m.prepare is not None and outs:
+                m.prepare(outs, list(exs), self.ctx)
+        return [{m.name: float(m.compute(o, ex, self.ctx)) for m in self.metrics} for o, ex in zip(outs, exs)]
 
     def embed_stats(self, wav: np.ndarray) -> dict[str, Any]:
         """{embedder: GaussianStats of its frame embeddings of `wav`} (mono, the run's rate)."""
+        return self.embed_stats_batch([wav])[0]
+
+    def embed_stats_batch(self, wavs: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """`embed_stats` of each clip, one embedder call for all of them."""
         from imgen_jax.eval.fad import GaussianStats
         from imgen_jax.eval.mel import resample
 
-        return {name: GaussianStats.of(emb([resample(wav, self.ctx.sr, emb.sample_rate)])[0])
-                for name, emb in self.embedders.items()}
+        out: list[dict[str, Any]] = [{} for _ in wavs]
+        for name, emb in self.embedders.items():
+            if not wavs:
+                break
+            frames = emb([resample(w, self.ctx.sr, emb.sample_rate) for w in wavs])
+            for d, f in zip(out, frames):
+                d[name] = GaussianStats.of(f)
+        return out
 
 
 __all__ = ["Context", "Clip", "Example", "Scorer", "fit", "EVAL_SR"]

@@ -11,13 +11,16 @@ Two kinds:
   out: the system's output (`imgen_jax.eval.scoring.Clip`: .wav at the model rate, cut / padded to
   the target's length, .at16 resampled to 16 kHz, .mel its mel spectrogram, .at(rate), .memo(key, fn));
   ex: the example (`scoring.Example`: .target and .input Clips, .stem); ctx: the run
-  (`scoring.Context`: .task, .sr, .mel_cfg, .plugins {"clap", "classifier"}, .memo(key, fn)).
+  (`scoring.Context`: .task, .sr, .mel_cfg, .plugins {"clap", "classifier", "separator"}, .memo(key, fn)).
+  Optional prepare(outs, exs, ctx): called once for a batch of (output, example) pairs before their
+  compute() calls, to run a network on the whole batch at once and keep the results in the clips'
+  memos (e.g. CLAP embeddings, classifier logits); compute() must give the same value without it.
 - "set": compute(system_stats, target_stats) -> float over the pooled per-clip embedding statistics
   (lists of `imgen_jax.eval.fad.GaussianStats`) of a system's outputs and of the targets; one column
   `<name>_<embedder>` per FAD embedder.
 
 Columns come in `order`, then name; `tasks` limits a metric to some tasks, `needs` to runs given
-those plug-ins (--clap / --classifier).
+those plug-ins (--clap / --classifier / --cnn14 / --demucs).
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ class Metric:
     compute: Callable[..., float]
     kind: str = "example"
     tasks: tuple[str, ...] | None = None  # None: every task
-    needs: tuple[str, ...] = ()           # plug-ins that must be given: "clap", "classifier"
+    needs: tuple[str, ...] = ()           # plug-ins that must be given: "clap", "classifier", "separator"
     unit: str = ""                        # shown in the chart titles, e.g. "dB"
-    order: int = 100                      # column position (built-ins: 10..60)
+    order: int = 100                      # column position (built-ins: 10..70)
+    prepare: Callable[..., None] | None = None  # batch hook: prepare(outs, exs, ctx) (example metrics)
 
     def __post_init__(self):
         if self.kind not in KINDS:

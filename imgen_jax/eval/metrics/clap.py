@@ -1,5 +1,6 @@
 """clap: cosine similarity of the output's CLAP audio embedding and the example's caption's text embedding
-(needs a --clap plug-in: embed_audio(wavs) and embed_text(texts), `sample_rate`)."""
+(the paper's "CLAP"; needs --clap: a converted LAION-CLAP file or a plug-in with embed_audio(wavs),
+embed_text(texts), `sample_rate`)."""
 
 import numpy as np
 
@@ -15,15 +16,39 @@ def caption(task: str, stem: str) -> str:
     return f"{stem} music"
 
 
+def _text(clap, ctx, text: str) -> np.ndarray:
+    return ctx.memo(("clap_text", text), lambda: np.asarray(clap.embed_text([text]), np.float64).reshape(-1))
+
+
+def _audio(clap, clip) -> np.ndarray:
+    return clip.memo("clap_audio", lambda: np.asarray(clap.embed_audio([clip.at(clap.sample_rate)]), np.float64).reshape(-1))
+
+
+def prepare(outs, exs, ctx) -> None:
+    """The audio embeddings of a batch's outputs and the text embeddings of its new captions, one call each."""
+    clap = ctx.plugins["clap"]
+    texts = sorted({caption(ctx.task, e.stem) for e in exs} - {k[1] for k in ctx.memo_keys() if k[0] == "clap_text"})
+    if texts:
+        emb = np.asarray(clap.embed_text(texts), np.float64)
+        for t, row in zip(texts, emb.reshape(len(texts), -1)):
+            ctx.memo(("clap_text", t), lambda row=row: row)
+    todo = [c for c in outs if not c.has("clap_audio")]
+    if todo:
+        emb = np.asarray(clap.embed_audio([c.at(clap.sample_rate) for c in todo]), np.float64)
+        if emb.ndim != 2 or emb.shape[0] != len(todo):
+            raise ImgenError(f"clap {clap.name!r}: expected audio embeddings [{len(todo)}, D], got shape {emb.shape}")
+        for c, row in zip(todo, emb):
+            c.memo("clap_audio", lambda row=row: row)
+
+
 def compute(out, ex, ctx) -> float:
     """cos(CLAP audio embedding of the output, CLAP text embedding of the caption)."""
     clap = ctx.plugins["clap"]
-    text = caption(ctx.task, ex.stem)
-    t = ctx.memo(("clap_text", text), lambda: np.asarray(clap.embed_text([text]), np.float64).reshape(-1))
-    a = np.asarray(clap.embed_audio([out.at(clap.sample_rate)]), np.float64).reshape(-1)
+    t = _text(clap, ctx, caption(ctx.task, ex.stem))
+    a = _audio(clap, out)
     if a.shape != t.shape:
         raise ImgenError(f"clap {clap.name!r}: audio embedding {a.shape} and text embedding {t.shape} differ")
     return float(a @ t / max(np.linalg.norm(a) * np.linalg.norm(t), 1e-12))
 
 
-METRIC = register(Metric("clap", higher_is_better=True, compute=compute, needs=("clap",), order=50))
+METRIC = register(Metric("clap", higher_is_better=True, compute=compute, needs=("clap",), order=50, prepare=prepare))

@@ -1,0 +1,179 @@
+"""Evaluation embeddings: imgen_jax's Flax VGGish (and CLAP) vs the PyTorch references, same random weights.
+
+VGGish: 100 clips of 5 s at 16 kHz -> [5, 128] embeddings per clip. The reference is torchvggish 0.2's
+`VGG` (without its last ReLU, as frechet_audio_distance / audioldm_eval run it) with its numpy frontend
+`vggish_input.waveform_to_examples`, timed two ways: one clip per forward (how the FAD packages call
+it) and all clips' patches in batches of --batch clips; the faster of the two is the PyTorch figure.
+The JAX side is `imgen_jax.eval.networks.VGGishEmbedder`: frontend + network in one jitted program at
+a fixed batch of --batch clips (compiled once). Weights: random torchvggish weights, converted with
+convert.vggish_weights and loaded from the converted file.
+
+CLAP: 100 clips of 5 s at 48 kHz -> [512] audio embeddings, laion_clap's `get_audio_embedding_from_data`
+vs imgen_jax.eval.nets.clap's `clap_scorer(...).embed_audio`. This side runs only when
+imgen_jax.eval.nets.clap exists, with `convert.clap_weights.convert_clap(src, out)` and
+`convert.reference_models.clap_model()` (a random-weight laion_clap CLAP_Module of the real shapes,
+no download); otherwise it prints why it was skipped and the total is VGGish alone.
+
+PyTorch runs under torch.no_grad() with all CPU threads. Runs alternate between the sides (so
+background load hits both alike); prints medians after warm-up, the JAX compile time separately, a
+parity check, the machine's load average at start and end, and as its last line `speedup: X.XX`
+(PyTorch seconds / JAX seconds over the networks timed).
+
+    python bench/eval.py [--clips 100] [--seconds 5] [--batch 8] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+from _common import device_line, timed_once
+
+
+def load_line(when: str) -> str:
+    return f"load average at {when} (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def vggish_sides(clips16, batch: int, tmp: str):
+    """{side name: fn() -> embeddings} for VGGish, and the JAX embedder's first-call time."""
+    import numpy as np
+    import torch
+    from torchvggish import vggish_input
+    from torchvggish.torchvggish import _vgg
+
+    from convert.vggish_weights import convert_vggish
+    from imgen_jax.eval.networks import VGGishEmbedder
+
+    model = _vgg(postprocess=False)
+    model.embeddings = torch.nn.Sequential(*list(model.embeddings.children())[:-1])  # use_activation=False
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.dim() > 1:
+                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
+            else:
+                t.copy_(torch.rand(t.shape, generator=g) * 0.2 - 0.1)
+    torch.save(model.state_dict(), os.path.join(tmp, "vggish.pth"))
+    convert_vggish(os.path.join(tmp, "vggish.pth"), os.path.join(tmp, "vggish.safetensors"))
+    jax_emb = VGGishEmbedder(os.path.join(tmp, "vggish.safetensors"), batch=batch)
+
+    def torch_per_clip():
+        with torch.no_grad():
+            return [model(torch.from_numpy(vggish_input.waveform_to_examples(w, 16000, return_tensor=False)[:, None])
+                          .float()).numpy() for w in clips16]
+
+    def torch_batched():
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(clips16), batch):
+                ex = [vggish_input.waveform_to_examples(w, 16000, return_tensor=False) for w in clips16[s:s + batch]]
+                emb = model(torch.from_numpy(np.concatenate(ex)[:, None]).float()).numpy()
+                out += np.split(emb, np.cumsum([len(e) for e in ex])[:-1])
+        return out
+
+    first = timed_once(lambda: jax_emb(clips16[:batch]))
+    return {"torch per clip": torch_per_clip, "torch batched": torch_batched, "jax": lambda: jax_emb(clips16)}, first
+
+
+def clap_sides(clips48, tmp: str):
+    """({side: fn}, JAX first-call time) for CLAP, or (None, why it is skipped)."""
+    import importlib.util
+
+    if importlib.util.find_spec("imgen_jax.eval.nets.clap") is None:
+        return None, "imgen_jax.eval.nets.clap is not in this build"
+    try:
+        from convert.clap_weights import convert_clap
+        from convert.reference_models import clap_model
+    except ImportError as e:
+        return None, f"needs convert.clap_weights.convert_clap and convert.reference_models.clap_model ({e})"
+    import numpy as np
+    import torch
+
+    from imgen_jax.eval.nets.clap import clap_scorer, load_clap
+
+    ref = clap_model()
+    src, out = os.path.join(tmp, "clap.pt"), os.path.join(tmp, "clap.safetensors")
+    torch.save({"state_dict": ref.model.state_dict()}, src)  # the published checkpoints' layout
+    convert_clap(src, out)
+    scorer = clap_scorer(load_clap(out))
+    x = np.stack(clips48)
+
+    def torch_side():
+        with torch.no_grad():
+            return ref.get_audio_embedding_from_data(x=x, use_tensor=False)
+
+    first = timed_once(lambda: scorer.embed_audio(clips48[:8]))
+    return {"torch": torch_side, "jax": lambda: scorer.embed_audio(clips48)}, first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(device_line(), f"| torch {torch.__version__} threads {torch.get_num_threads()}")
+    print(load_line("start") + "  (other processes on the machine slow both sides)")
+    rng = np.random.default_rng(0)
+
+    def clips(rate):
+        n = int(args.seconds * rate)
+        t = np.arange(n) / rate
+        return [(0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+                for _ in range(args.clips)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        nets = {}
+        vgg, first = vggish_sides(clips(16000), args.batch, tmp)
+        nets["vggish"] = (vgg, first)
+        clap, why = clap_sides(clips(48000), tmp)
+        if clap is None:
+            print(f"CLAP: skipped ({why})")
+        else:
+            nets["clap"] = (clap, why)
+        print(f"{args.clips} clips of {args.seconds:g} s; JAX batch {args.batch}")
+
+        results = {net: {side: None for side in sides} for net, (sides, _) in nets.items()}
+        for net, (sides, _) in nets.items():  # warm-up, and keep one output of each side for the parity check
+            for side, fn in sides.items():
+                results[net][side] = fn()
+        times = {(net, side): [] for net, (sides, _) in nets.items() for side in sides}
+        for _ in range(args.repeats):  # alternate the sides
+            for net, (sides, _) in nets.items():
+                for side, fn in sides.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[(net, side)].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+
+    print(f"median of {args.repeats} runs after warm-up (compile = first call on one batch, not timed below):")
+    torch_total = jax_total = 0.0
+    for net, (sides, first) in nets.items():
+        jax_s = med[(net, "jax")]
+        torch_sides = {s: med[(net, s)] for s in sides if s != "jax"}
+        best = min(torch_sides, key=torch_sides.get)
+        for s, v in torch_sides.items():
+            print(f"  {net:7s} {s:15s} {v:8.2f} s   ({args.clips / v:7.1f} clips/s)")
+        print(f"  {net:7s} {'jax':15s} {jax_s:8.2f} s   ({args.clips / jax_s:7.1f} clips/s)   compile+first batch {first:.2f} s")
+        print(f"  {net:7s} ratio {torch_sides[best] / jax_s:5.2f} (vs {best})")
+        torch_total += torch_sides[best]
+        jax_total += jax_s
+        ref = np.concatenate([np.asarray(r).reshape(-1) for r in results[net][best]])
+        got = np.concatenate([np.asarray(r).reshape(-1) for r in results[net]["jax"]])
+        print(f"  {net:7s} parity: relative error {np.linalg.norm(got - ref) / np.linalg.norm(ref):.2e}")
+    print(load_line("end"))
+    print(f"speedup: {torch_total / jax_total:.2f}")
+
+
+if __name__ == "__main__":
+    main()
