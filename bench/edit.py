@@ -26,6 +26,9 @@ def main() -> None:
     ap.add_argument("--size", default="small", choices=("small", "medium", "large"))
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (quick runs)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--ab-prefix", action="store_true",
+                    help="also time the edit with the prefix duplicated for the two CFG halves (the layout before "
+                         "2026-12-03), as a third alternating side")
     args = ap.parse_args()
 
     import dataclasses
@@ -65,15 +68,40 @@ def main() -> None:
     def run_edit():
         return edit_tokens(lm, adapters, cond, memory, edit_cfg).block_until_ready()
 
+    from imgen_jax.instruct.fusion import InstructFusion
+
+    shared_prefix = InstructFusion.for_guidance
+
+    def duplicated_prefix(self):  # one copy of the prefix per CFG half
+        if self.q is None:
+            return self
+        dup = lambda a: jnp.concatenate([a, a], axis=1)  # noqa: E731
+        return dataclasses.replace(self, q=dup(self.q), k=dup(self.k), v=dup(self.v))
+
+    def run_edit_duplicated():
+        InstructFusion.for_guidance = duplicated_prefix
+        try:
+            return run_edit()
+        finally:
+            InstructFusion.for_guidance = shared_prefix
+
+    sides = {"generate": run_generate, "edit": run_edit}
+    if args.ab_prefix:
+        sides["edit, prefix duplicated"] = run_edit_duplicated
     g_first, e_first = timed_once(run_generate), timed_once(run_edit)  # compile + first run
+    if args.ab_prefix:
+        timed_once(run_edit_duplicated)
     print(load_average(), "at start")
-    med = alternate({"generate": run_generate, "edit": run_edit}, args.repeats, warmup=0)
+    med = alternate(sides, args.repeats, warmup=0)
     g, e = med["generate"], med["edit"]
     print(load_average(), "at end")
     steps = frames + cfg.num_codebooks
     print(f"model: {args.size} ({cfg.num_layers} layers x {cfg.dim}), {frames} frames ({steps} decode steps), batch 1, CFG")
     print(f"generate: {g:.2f} s ({steps / g:.1f} steps/s); first call incl. compile {g_first:.2f} s")
     print(f"edit:     {e:.2f} s ({steps / e:.1f} steps/s); first call incl. compile {e_first:.2f} s")
+    if args.ab_prefix:
+        d = med["edit, prefix duplicated"]
+        print(f"edit with the prefix duplicated per CFG half: {d:.2f} s (shared prefix: {e / d:.2f} of it)")
     print(f"fusion_overhead: {e / g:.2f}")
 
 
