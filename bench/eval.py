@@ -8,18 +8,22 @@ The JAX side is `imgen_jax.eval.networks.VGGishEmbedder`: frontend + network in 
 a fixed batch of --batch clips (compiled once). Weights: random torchvggish weights, converted with
 convert.vggish_weights and loaded from the converted file.
 
-CLAP: 100 clips of 5 s at 48 kHz -> [512] audio embeddings, laion_clap's `get_audio_embedding_from_data`
-vs imgen_jax.eval.nets.clap's `clap_scorer(...).embed_audio`. This side runs only when
-imgen_jax.eval.nets.clap exists, with `convert.clap_weights.convert_clap(src, out)` and
-`convert.reference_models.clap_model()` (a random-weight laion_clap CLAP_Module of the real shapes,
-no download); otherwise it prints why it was skipped and the total is VGGish alone.
+CLAP: 100 clips (--clap-clips, default --clips) of 5 s at 48 kHz -> [512] audio embeddings. The
+reference is laion_clap 1.1.7's non-fusion HTSAT-base + roberta-base CLAP with random weights
+(`convert.reference_models.clap_model`, no download), run as `CLAP_Module.get_audio_embedding_from_data`
+does it (`laion_clap_audio_embedding`: int16 quantisation, repeat-pad to 10 s, mel, HTSAT, projection;
+the hook module itself cannot be imported without torchvision / wget), one call per batch of --batch
+clips. The JAX side is `clap_scorer(load_clap(...), batch_size=--batch).embed_audio` on the file
+written by `convert.clap_weights.convert_clap` (a checkpoint saved in the published layout, plus a
+small synthetic tokenizer folder). Skipped, with the reason printed, where laion_clap or the CLAP port
+is missing; the total is then VGGish alone.
 
 PyTorch runs under torch.no_grad() with all CPU threads. Runs alternate between the sides (so
 background load hits both alike); prints medians after warm-up, the JAX compile time separately, a
 parity check, the machine's load average at start and end, and as its last line `speedup: X.XX`
 (PyTorch seconds / JAX seconds over the networks timed).
 
-    python bench/eval.py [--clips 100] [--seconds 5] [--batch 8] [--repeats 3]
+    python bench/eval.py [--clips 100] [--clap-clips N] [--seconds 5] [--batch 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def vggish_sides(clips16, batch: int, tmp: str):
     return {"torch per clip": torch_per_clip, "torch batched": torch_batched, "jax": lambda: jax_emb(clips16)}, first
 
 
-def clap_sides(clips48, tmp: str):
+def clap_sides(clips48, batch: int, tmp: str):
     """({side: fn}, JAX first-call time) for CLAP, or (None, why it is skipped)."""
     import importlib.util
 
@@ -87,32 +91,32 @@ def clap_sides(clips48, tmp: str):
         return None, "imgen_jax.eval.nets.clap is not in this build"
     try:
         from convert.clap_weights import convert_clap
-        from convert.reference_models import clap_model
+        from convert.reference_models import clap_model, laion_clap_audio_embedding, save_clap_checkpoint, write_clap_tokenizer
     except ImportError as e:
         return None, f"needs convert.clap_weights.convert_clap and convert.reference_models.clap_model ({e})"
-    import numpy as np
-    import torch
+    if importlib.util.find_spec("laion_clap") is None:
+        return None, "laion_clap is not installed (pip install --no-deps laion-clap==1.1.7)"
 
     from imgen_jax.eval.nets.clap import clap_scorer, load_clap
 
-    ref = clap_model()
-    src, out = os.path.join(tmp, "clap.pt"), os.path.join(tmp, "clap.safetensors")
-    torch.save({"state_dict": ref.model.state_dict()}, src)  # the published checkpoints' layout
-    convert_clap(src, out)
-    scorer = clap_scorer(load_clap(out))
-    x = np.stack(clips48)
+    ref = clap_model(seed=0)
+    src = save_clap_checkpoint(ref, os.path.join(tmp, "clap.pt"))  # the published checkpoints' layout
+    out = os.path.join(tmp, "clap.safetensors")
+    convert_clap(src, write_clap_tokenizer(os.path.join(tmp, "roberta-base")), out)
+    os.remove(src)
+    scorer = clap_scorer(load_clap(out), batch_size=batch)
 
-    def torch_side():
-        with torch.no_grad():
-            return ref.get_audio_embedding_from_data(x=x, use_tensor=False)
+    def torch_hook():  # CLAP_Module.get_audio_embedding_from_data, one call per batch of clips
+        return [laion_clap_audio_embedding(ref, clips48[s:s + batch]) for s in range(0, len(clips48), batch)]
 
-    first = timed_once(lambda: scorer.embed_audio(clips48[:8]))
-    return {"torch": torch_side, "jax": lambda: scorer.embed_audio(clips48)}, first
+    first = timed_once(lambda: scorer.embed_audio(clips48[:batch]))
+    return {"torch hook": torch_hook, "jax": lambda: scorer.embed_audio(clips48)}, first
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=100)
+    ap.add_argument("--clap-clips", type=int, default=None, help="CLAP clips (default: --clips)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
@@ -126,22 +130,25 @@ def main() -> None:
     print(load_line("start") + "  (other processes on the machine slow both sides)")
     rng = np.random.default_rng(0)
 
-    def clips(rate):
+    clap_clips = args.clips if args.clap_clips is None else args.clap_clips
+
+    def clips(rate, count):
         n = int(args.seconds * rate)
         t = np.arange(n) / rate
         return [(0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
-                for _ in range(args.clips)]
+                for _ in range(count)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        nets = {}
-        vgg, first = vggish_sides(clips(16000), args.batch, tmp)
+        nets, counts = {}, {"vggish": args.clips, "clap": clap_clips}
+        vgg, first = vggish_sides(clips(16000, args.clips), args.batch, tmp)
         nets["vggish"] = (vgg, first)
-        clap, why = clap_sides(clips(48000), tmp)
+        clap, why = clap_sides(clips(48000, clap_clips), args.batch, tmp)
         if clap is None:
             print(f"CLAP: skipped ({why})")
         else:
             nets["clap"] = (clap, why)
-        print(f"{args.clips} clips of {args.seconds:g} s; JAX batch {args.batch}")
+        sizes = {"vggish": f"VGGish {args.clips} clips at 16 kHz", "clap": f"CLAP {clap_clips} clips at 48 kHz"}
+        print(", ".join(sizes[net] for net in nets) + f"; {args.seconds:g} s each; batch {args.batch}")
 
         results = {net: {side: None for side in sides} for net, (sides, _) in nets.items()}
         for net, (sides, _) in nets.items():  # warm-up, and keep one output of each side for the parity check
@@ -163,8 +170,8 @@ def main() -> None:
         torch_sides = {s: med[(net, s)] for s in sides if s != "jax"}
         best = min(torch_sides, key=torch_sides.get)
         for s, v in torch_sides.items():
-            print(f"  {net:7s} {s:15s} {v:8.2f} s   ({args.clips / v:7.1f} clips/s)")
-        print(f"  {net:7s} {'jax':15s} {jax_s:8.2f} s   ({args.clips / jax_s:7.1f} clips/s)   compile+first batch {first:.2f} s")
+            print(f"  {net:7s} {s:15s} {v:8.2f} s   ({counts[net] / v:7.1f} clips/s)")
+        print(f"  {net:7s} {'jax':15s} {jax_s:8.2f} s   ({counts[net] / jax_s:7.1f} clips/s)   compile+first batch {first:.2f} s")
         print(f"  {net:7s} ratio {torch_sides[best] / jax_s:5.2f} (vs {best})")
         torch_total += torch_sides[best]
         jax_total += jax_s

@@ -4,14 +4,26 @@
   parameter then set to seeded random values (LayerNorm scales near 1) so that each path
   contributes to the output. Nothing is downloaded.
 - `train_tiny_spiece(path)`: a tiny T5-style sentencepiece model trained from a fixed corpus.
+- laion_clap (1.1.7): `clap_model(seed)`, its non-fusion HTSAT-base + roberta-base CLAP with random
+  weights, imported without the package __init__s (which pull in torchvision, webdataset, wget);
+  `laion_clap_audio_embedding(model, clips)`, what `CLAP_Module.get_audio_embedding_from_data`
+  computes; `write_clap_tokenizer(folder)`, a small roberta-style vocab.json / merges.txt.
 
 torch and transformers are imported here: this module belongs to the conversion side.
 """
 
 from __future__ import annotations
 
+import ast
+import collections
+import contextlib
+import importlib
+import importlib.util
 import io
+import json
 import os
+import sys
+import types
 
 import numpy as np
 import torch
@@ -75,6 +87,7 @@ def train_tiny_spiece(path: str | os.PathLike) -> str:
     with open(path, "wb") as f:
         f.write(buf.getvalue())
     return path
+
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
     """Overwrite every parameter with seeded random values; norm weights ~ 1 + N(0, 0.1)."""
@@ -215,3 +228,211 @@ def encodec_model(config, seed: int = 0, fit_seconds: float = 0.5):
 
 def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------ laion_clap (CLAP)
+
+# roberta-base's config (what laion_clap downloads with RobertaModel.from_pretrained("roberta-base"))
+ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                    max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
+                    eos_token_id=2, hidden_act="gelu")
+# laion_clap's model_configs/HTSAT-base.json audio_cfg
+HTSAT_BASE_AUDIO = dict(audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024, hop_size=480,
+                        fmin=50, fmax=14000, class_num=527, model_type="HTSAT", model_name="base")
+
+
+@contextlib.contextmanager
+def _stub_modules(names):
+    """Empty stand-ins for modules laion_clap imports at the top but never uses on our path (torchvision's
+    FrozenBatchNorm2d, h5py), present only while it is imported."""
+    saved = {n: sys.modules.get(n) for n in names}
+    for n in names:
+        if n not in sys.modules or saved[n] is None:
+            mod = types.ModuleType(n)
+            mod.FrozenBatchNorm2d = None
+            sys.modules[n] = mod
+    try:
+        yield
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def laion_clap_root() -> str:
+    """The folder of the installed laion_clap package (found without importing it)."""
+    pkg = sys.modules.get("laion_clap")
+    if pkg is not None and getattr(pkg, "__path__", None):
+        return list(pkg.__path__)[0]
+    spec = importlib.util.find_spec("laion_clap")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("laion_clap is not installed (pip install --no-deps laion-clap==1.1.7)")
+    return spec.submodule_search_locations[0]
+
+
+def laion_clap_model_module():
+    """laion_clap.clap_module.model, imported without the package __init__s (which pull in torchvision,
+    webdataset, wget); torchvision / h5py are stubbed during the import where they are absent."""
+    name = "laion_clap.clap_module.model"
+    if name in sys.modules:
+        return sys.modules[name]
+    root = laion_clap_root()
+    for pkg, path in (("laion_clap", root), ("laion_clap.clap_module", f"{root}/clap_module")):
+        if pkg not in sys.modules:
+            m = types.ModuleType(pkg)
+            m.__path__ = [path]
+            sys.modules[pkg] = m
+    # what model.py imports from transformers / torchlibrosa, imported before the stubs exist (transformers
+    # probes for torchvision with find_spec, which a stub without a spec would break)
+    from transformers import BartModel, BertModel, RobertaModel  # noqa: F401
+    from transformers.tokenization_utils_base import BatchEncoding  # noqa: F401
+    import torchlibrosa.stft  # noqa: F401
+
+    stubs = [] if importlib.util.find_spec("h5py") else ["h5py"]
+    try:
+        has_tv = importlib.util.find_spec("torchvision") is not None
+    except ValueError:
+        has_tv = False
+    stubs += [] if has_tv else ["torchvision", "torchvision.ops", "torchvision.ops.misc"]
+    with _stub_modules(stubs):
+        return importlib.import_module(name)
+
+
+_DATA_FUNCTIONS: dict = {}
+
+
+def laion_clap_data_functions() -> dict:
+    """laion_clap's `get_audio_features`, `int16_to_float32`, `float32_to_int16` (training/data.py), compiled
+    from its source (the module itself imports webdataset, torchvision and wget); cached."""
+    if not _DATA_FUNCTIONS:
+        import torch.nn.functional as F
+
+        path = laion_clap_root() + "/training/data.py"
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        wanted = {"get_audio_features", "int16_to_float32", "float32_to_int16"}
+        body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+        if {n.name for n in body} != wanted:
+            raise ImportError(f"{path}: expected the functions {sorted(wanted)}, found {sorted(n.name for n in body)}")
+        ns = {"np": np, "torch": torch, "F": F, "suppress": contextlib.suppress}
+        exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), ns)
+        _DATA_FUNCTIONS.update({k: ns[k] for k in wanted})
+    return _DATA_FUNCTIONS
+
+
+def laion_clap_audio_input(wav: np.ndarray, audio_cfg: dict = HTSAT_BASE_AUDIO) -> dict:
+    """What CLAP_Module.get_audio_embedding_from_data(use_tensor=False) hands the model for one clip
+    (wav [T] float at 48 kHz): int16 quantisation, then get_audio_features (rand_trunc, repeatpad, 10 s)."""
+    fns = laion_clap_data_functions()
+    wav = torch.from_numpy(fns["int16_to_float32"](fns["float32_to_int16"](wav))).float()
+    return fns["get_audio_features"]({}, wav, 480000, data_truncating="rand_trunc", data_filling="repeatpad",
+                                     audio_cfg=audio_cfg)
+
+
+def laion_clap_audio_embedding(model: torch.nn.Module, clips) -> np.ndarray:
+    """CLAP_Module.get_audio_embedding_from_data(clips, use_tensor=False) of a non-fusion `model` (laion_clap's
+    CLAP, eval mode): clips [N, T] mono float at 48 kHz -> L2-normalised [N, joint_dim] float32."""
+    with torch.no_grad():
+        return model.get_audio_embedding([laion_clap_audio_input(w) for w in clips]).numpy()
+
+
+def randomize_clap_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights of moderate scale in every float parameter / batch-norm statistic of a laion_clap
+    CLAP; the frontend (STFT kernels, mel filters) and the Swin buffers (attn_mask) stay as built."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point() or "_extractor." in name or name.endswith("attn_mask"):
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif t.dim() > 1:
+                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
+            elif "norm" in name.lower() and name.endswith("weight"):
+                t.copy_(torch.rand(t.shape, generator=g) * 0.4 + 0.8)
+            else:
+                t.copy_(torch.rand(t.shape, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def clap_model(seed: int = 0) -> torch.nn.Module:
+    """laion_clap's CLAP as create_model("HTSAT-base", "roberta", enable_fusion=False) builds it (the model
+    of CLAP_Module(amodel="HTSAT-base") and of music_audioset_epoch_15_esc_90.14.pt), with the RoBERTa made
+    from roberta-base's config (no download), seeded random weights (`randomize_clap_`), eval mode."""
+    from transformers import RobertaConfig, RobertaModel
+
+    mod = laion_clap_model_module()
+
+    class LocalRoberta:
+        @staticmethod
+        def from_pretrained(name):
+            if name != "roberta-base":
+                raise ValueError(f"clap_model: expected roberta-base, laion_clap asked for {name!r}")
+            return RobertaModel(RobertaConfig(**ROBERTA_BASE), add_pooling_layer=True)
+
+    text_cfg = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12, model_type="roberta")
+    saved = mod.RobertaModel
+    mod.RobertaModel = LocalRoberta
+    try:
+        model = mod.CLAP(embed_dim=1024, audio_cfg=HTSAT_BASE_AUDIO, text_cfg=text_cfg, enable_fusion=False, fusion_type="None")
+    finally:
+        mod.RobertaModel = saved
+    return randomize_clap_(model, seed).eval()
+
+
+def save_clap_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Save `model` as the published laion_clap checkpoints are laid out: {"epoch", "state_dict":
+    {"module.<key>"}}, with the text position_ids buffer that transformers < 4.31 saved. Returns the path."""
+    sd = {f"module.{k}": v for k, v in model.state_dict().items()}
+    sd["module.text_branch.embeddings.position_ids"] = torch.arange(ROBERTA_BASE["max_position_embeddings"])[None]
+    path = os.fspath(path)
+    torch.save({"epoch": 15, "state_dict": sd}, path)
+    return path
+
+
+def write_clap_tokenizer(folder: str | os.PathLike) -> str:
+    """Write a small roberta-style tokenizer (vocab.json, merges.txt) to `folder`; returns the folder.
+
+    <s> <pad> </s> <unk> (ids 0-3, as roberta-base), the 256 byte symbols, then 120 merges learnt greedily
+    (most frequent pair) on a few fixed sentences, and <mask>: ids fit roberta-base's vocabulary.
+    Deterministic: byte-identical on every run."""
+    from imgen_jax.eval.nets.bpe import byte_alphabet, pre_tokenize
+
+    corpus = ("The quick brown fox's drums and bass, electric guitar music. Don't stop! It's 120 bpm; "
+              "we'll see... café naïve 日本語 piano solo with strings and the vocals ") * 3
+    alpha = byte_alphabet()
+    words = collections.Counter("".join(alpha[b] for b in p.encode()) for p in pre_tokenize(corpus))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in alpha.values():
+        vocab.setdefault(ch, len(vocab))
+    segs, merges = {w: list(w) for w in words}, []
+    for _ in range(120):
+        pairs: collections.Counter = collections.Counter()
+        for w, c in words.items():
+            for pair in zip(segs[w][:-1], segs[w][1:]):
+                pairs[pair] += c
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        merges.append(f"{a} {b}")
+        vocab.setdefault(a + b, len(vocab))
+        for w, s in segs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i < len(s) - 1 and (s[i], s[i + 1]) == (a, b):
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            segs[w] = out
+    vocab["<mask>"] = len(vocab)
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(vocab))
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder

@@ -1,33 +1,29 @@
 """LAION-CLAP (imgen_jax.eval.nets.clap, .bpe, convert/clap_weights.py) against laion_clap 1.1.7.
 
 - Tokenizer: our byte-level BPE against transformers' RobertaTokenizer built from the same small
-  vocab.json / merges.txt (written here: a BPE learnt on a few sentences), ids and attention masks
+  vocab.json / merges.txt (convert.reference_models.write_clap_tokenizer: a BPE learnt on a few sentences), ids and attention masks
   at laion_clap's settings (max_length 77, padding, truncation): equal.
 - Input preparation: laion_clap's own `int16_to_float32(float32_to_int16(.))` and `get_audio_features`
   (read from its training/data.py, which cannot be imported here) against `prepare_audio`: equal.
-- Parity: laion_clap's non-fusion `CLAP` (HTSAT-base + roberta, as `CLAP_Module(amodel="HTSAT-base")`
-  builds it; the RoBERTa made from a local roberta-base `RobertaConfig` instead of a download) with
-  random weights of the real shapes, saved as the published checkpoint is laid out ({"state_dict":
+- Parity: laion_clap's non-fusion `CLAP` (convert.reference_models.clap_model: HTSAT-base + roberta, as
+  `CLAP_Module(amodel="HTSAT-base")` builds it; the RoBERTa made from a local roberta-base `RobertaConfig`
+  instead of a download) with random weights of the real shapes, saved as the published checkpoint is laid out ({"state_dict":
   {"module.<key>"}}, with the position_ids buffer older transformers saved), converted, loaded;
   audio embeddings of two clips (one repeat-padded, one clipped above 1) and text embeddings of
   three captions within 1e-4 relative (Frobenius norm of the difference over the reference's).
 Nothing is downloaded.
 """
 
-import ast
-import collections
-import contextlib
-import importlib
-import importlib.util
 import json
 import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from convert.reference_models import (clap_model, laion_clap_audio_embedding, laion_clap_audio_input, save_clap_checkpoint,
+                                      write_clap_tokenizer)
 from imgen_jax.errors import ImgenError
 
 TOL = 1e-4
@@ -42,45 +38,6 @@ def _rel(got, want) -> float:
 # ------------------------------------------------------------------------------------------ tokenizer
 
 
-def _write_tokenizer(folder) -> None:
-    """A small roberta-style vocab.json / merges.txt: <s> <pad> </s> <unk>, the 256 byte symbols,
-    then 120 merges learnt greedily (most frequent pair) on a few sentences, and <mask>."""
-    from imgen_jax.eval.nets.bpe import byte_alphabet, pre_tokenize
-
-    corpus = ("The quick brown fox's drums and bass, electric guitar music. Don't stop! It's 120 bpm; "
-              "we'll see... café naïve 日本語 piano solo with strings and the vocals ") * 3
-    alpha = byte_alphabet()
-    words = collections.Counter("".join(alpha[b] for b in p.encode()) for p in pre_tokenize(corpus))
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for ch in alpha.values():
-        vocab.setdefault(ch, len(vocab))
-    segs, merges = {w: list(w) for w in words}, []
-    for _ in range(120):
-        pairs = collections.Counter()
-        for w, c in words.items():
-            for pair in zip(segs[w][:-1], segs[w][1:]):
-                pairs[pair] += c
-        if not pairs:
-            break
-        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
-        merges.append(f"{a} {b}")
-        vocab.setdefault(a + b, len(vocab))
-        for w, s in segs.items():
-            out, i = [], 0
-            while i < len(s):
-                if i < len(s) - 1 and (s[i], s[i + 1]) == (a, b):
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            segs[w] = out
-    vocab["<mask>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
 def _hf_tokenizer(folder):
     from transformers import RobertaTokenizer
 
@@ -90,7 +47,7 @@ def _hf_tokenizer(folder):
 def test_bpe_matches_transformers_roberta_tokenizer(tmp_path):
     from imgen_jax.eval.nets.bpe import RobertaBPE
 
-    _write_tokenizer(tmp_path / "tok")
+    write_clap_tokenizer(tmp_path / "tok")
     ref = _hf_tokenizer(tmp_path / "tok")
     ours = RobertaBPE.from_files(tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt")
     texts = TEXTS + ["tabs\tand\nnewlines\n\n x", "Don't stop; we'll SEE it's 120bpm...", "x" * 200, "", " ",
@@ -119,124 +76,9 @@ def test_bpe_reports_bad_files(tmp_path):
 # ------------------------------------------------------------------------------ laion_clap reference
 
 
-@contextlib.contextmanager
-def _stub_modules(names):
-    """Empty stand-ins for modules laion_clap imports at the top but never uses on our path (torchvision's
-    FrozenBatchNorm2d, h5py), present only while it is imported."""
-    saved = {n: sys.modules.get(n) for n in names}
-    for n in names:
-        if n not in sys.modules or saved[n] is None:
-            mod = types.ModuleType(n)
-            mod.FrozenBatchNorm2d = None
-            sys.modules[n] = mod
-    try:
-        yield
-    finally:
-        for n, m in saved.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
-
-
-def _laion_root() -> str:
-    """The folder of the installed laion_clap package (found without importing it)."""
-    pkg = sys.modules.get("laion_clap")
-    if pkg is not None and getattr(pkg, "__path__", None):
-        return list(pkg.__path__)[0]
-    return importlib.util.find_spec("laion_clap").submodule_search_locations[0]
-
-
-def _laion_model_module():
-    """laion_clap.clap_module.model without the package __init__s (which pull in torchvision, webdataset, wget)."""
-    name = "laion_clap.clap_module.model"
-    if name in sys.modules:
-        return sys.modules[name]
-    root = _laion_root()
-    for pkg, path in (("laion_clap", root), ("laion_clap.clap_module", f"{root}/clap_module")):
-        if pkg not in sys.modules:
-            m = types.ModuleType(pkg)
-            m.__path__ = [path]
-            sys.modules[pkg] = m
-    # what model.py imports from transformers / torchlibrosa, imported before the stubs exist (transformers
-    # probes for torchvision with find_spec, which a stub without a spec would break)
-    from transformers import BartModel, BertModel, RobertaModel  # noqa: F401
-    from transformers.tokenization_utils_base import BatchEncoding  # noqa: F401
-    import torchlibrosa.stft  # noqa: F401
-
-    stubs = [] if importlib.util.find_spec("h5py") else ["h5py"]
-    try:
-        has_tv = importlib.util.find_spec("torchvision") is not None
-    except ValueError:
-        has_tv = False
-    stubs += [] if has_tv else ["torchvision", "torchvision.ops", "torchvision.ops.misc"]
-    with _stub_modules(stubs):
-        return importlib.import_module(name)
-
-
-def _laion_data_functions() -> dict:
-    """laion_clap's `get_audio_features`, `int16_to_float32`, `float32_to_int16` (training/data.py), compiled
-    from its source: the module itself imports webdataset, torchvision and wget."""
-    path = _laion_root() + "/training/data.py"
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    wanted = {"get_audio_features", "int16_to_float32", "float32_to_int16"}
-    body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
-    assert {n.name for n in body} == wanted
-    ns = {"np": np, "torch": torch, "F": F, "suppress": contextlib.suppress}
-    exec(compile(ast.Module(body=body, type_ignores=[]), path, "exec"), ns)
-    return ns
-
-
-ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                    max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
-                    eos_token_id=2, hidden_act="gelu")
-HTSAT_BASE_AUDIO = dict(audio_length=1024, clip_samples=480000, mel_bins=64, sample_rate=48000, window_size=1024, hop_size=480,
-                        fmin=50, fmax=14000, class_num=527, model_type="HTSAT", model_name="base")
-
-
 @pytest.fixture(scope="module")
 def laion_clap():
-    return _build_laion_clap()
-
-
-def _build_laion_clap():
-    """laion_clap's CLAP as create_model("HTSAT-base", "roberta", enable_fusion=False) builds it, with the
-    RoBERTa made from roberta-base's config (no download), random weights (`_randomise_clap`), eval mode."""
-    from transformers import RobertaConfig, RobertaModel
-
-    mod = _laion_model_module()
-
-    class LocalRoberta:
-        @staticmethod
-        def from_pretrained(name):
-            assert name == "roberta-base"
-            return RobertaModel(RobertaConfig(**ROBERTA_BASE), add_pooling_layer=True)
-
-    text_cfg = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12, model_type="roberta")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mod, "RobertaModel", LocalRoberta)
-        model = mod.CLAP(embed_dim=1024, audio_cfg=HTSAT_BASE_AUDIO, text_cfg=text_cfg, enable_fusion=False, fusion_type="None")
-    _randomise_clap(model, seed=5)
-    return model.eval()
-
-
-def _randomise_clap(model: torch.nn.Module, seed: int) -> None:
-    """Random weights of moderate scale in every float parameter / batch-norm statistic; the frontend
-    (STFT kernels, mel filters) and the Swin buffers (attn_mask) stay as built."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point() or "_extractor." in name or name.endswith("attn_mask"):
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.dim() > 1:
-                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
-            elif "norm" in name.lower() and name.endswith("weight"):
-                t.copy_(torch.rand(t.shape, generator=g) * 0.4 + 0.8)
-            else:
-                t.copy_(torch.rand(t.shape, generator=g) * 0.2 - 0.1)
+    return clap_model(seed=5)
 
 
 def _clips() -> list[np.ndarray]:
@@ -250,27 +92,20 @@ def _clips() -> list[np.ndarray]:
     return out
 
 
-def _laion_audio_input(fns: dict, wav: np.ndarray, cfg=HTSAT_BASE_AUDIO) -> dict:
-    """What CLAP_Module.get_audio_embedding_from_data(use_tensor=False) hands the model for one clip."""
-    wav = torch.from_numpy(fns["int16_to_float32"](fns["float32_to_int16"](wav))).float()
-    return fns["get_audio_features"]({}, wav, 480000, data_truncating="rand_trunc", data_filling="repeatpad", audio_cfg=cfg)
-
-
 def test_prepare_audio_matches_laion_clap(monkeypatch):
     from imgen_jax.eval.nets.clap import ClapConfig, prepare_audio
 
-    fns = _laion_data_functions()
     rng = np.random.default_rng(0)
     for n, dtype in ((1000, np.float32), (47999, np.float64), (160000, np.float32), (480000, np.float32)):
         wav = (rng.standard_normal(n) * 0.6).astype(dtype)
-        want = _laion_audio_input(fns, wav)["waveform"].numpy()
+        want = laion_clap_audio_input(wav)["waveform"].numpy()
         got = prepare_audio(wav)
         assert got.shape == (480000,) and got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
     # longer than 10 s: laion_clap crops at np.random.randint(0, overflow + 1); we take the start
     long = (rng.standard_normal(500000) * 0.6).astype(np.float32)
     monkeypatch.setattr(np.random, "randint", lambda lo, hi: 0)
-    np.testing.assert_array_equal(prepare_audio(long), _laion_audio_input(fns, long)["waveform"].numpy())
+    np.testing.assert_array_equal(prepare_audio(long), laion_clap_audio_input(long)["waveform"].numpy())
     np.testing.assert_array_equal(prepare_audio(long, ClapConfig(quantize=False)), long[:480000])
     with pytest.raises(ImgenError, match="expected a 1-D float waveform at 48000 Hz"):
         prepare_audio(np.zeros((2, 100), np.float32))
@@ -293,20 +128,16 @@ def test_clap_matches_laion_clap(tmp_path, laion_clap):
     from imgen_jax.eval.plugins import load_plugin
 
     model = laion_clap
-    sd = {f"module.{k}": v for k, v in model.state_dict().items()}
-    sd["module.text_branch.embeddings.position_ids"] = torch.arange(514)[None]  # saved by transformers < 4.31
-    torch.save({"epoch": 15, "state_dict": sd}, tmp_path / "music_audioset_epoch_15_esc_90.14.pt")
-    del sd
-    _write_tokenizer(tmp_path / "roberta-base")
+    save_clap_checkpoint(model, tmp_path / "music_audioset_epoch_15_esc_90.14.pt")  # the published layout
+    write_clap_tokenizer(tmp_path / "roberta-base")
     cfg = convert_clap(tmp_path / "music_audioset_epoch_15_esc_90.14.pt", tmp_path / "roberta-base", tmp_path / "clap.safetensors")
     assert cfg == ClapConfig()
     scorer = load_plugin("clap", f"imgen_jax.eval.nets.clap:clap_plugin={tmp_path / 'clap.safetensors'}")
     assert isinstance(scorer, ClapScorer) and (scorer.name, scorer.sample_rate, scorer.batch_size) == ("clap", 48000, 8)
 
     clips = _clips()
-    fns = _laion_data_functions()
+    want_audio = laion_clap_audio_embedding(model, clips)
     with torch.no_grad():
-        want_audio = model.get_audio_embedding([_laion_audio_input(fns, w) for w in clips]).numpy()
         tok = _hf_tokenizer(tmp_path / "roberta-base")
         want_text = model.get_text_embedding(tok(TEXTS, padding="max_length", truncation=True, max_length=77,
                                                  return_tensors="pt")).numpy()
@@ -387,7 +218,7 @@ def test_clap_loader_and_scorer_batching(tmp_path):
         load_clap(tmp_path / "other.safetensors")
     with pytest.raises(ImgenError, match="give the converted CLAP file"):
         clap_plugin()
-    _write_tokenizer(tmp_path / "tok")
+    write_clap_tokenizer(tmp_path / "tok")
     save_net(tmp_path / "clap.safetensors", "clap", cfg, flat, extra=read_tokenizer(tmp_path / "tok", cfg))
     scorer = clap_scorer(load_clap(tmp_path / "clap.safetensors"), batch_size=2)
     wavs = [(rng.standard_normal(n) * 0.3).astype(np.float32) for n in (3000, 9600, 20000)]
