@@ -15,7 +15,6 @@ Nothing is downloaded.
 """
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -187,14 +186,10 @@ def test_clap_converter_reports_key_problems(laion_clap, tmp_path):
 
 
 def test_clap_runtime_imports_no_reference_package():
-    import os
-    import subprocess
+    from import_check import assert_imports_none
 
-    code = ("import sys, imgen_jax.eval.nets.clap, imgen_jax.eval.nets.bpe; "
-            "bad = [m for m in ('torch', 'transformers', 'laion_clap', 'regex', 'librosa', 'torchlibrosa') if m in sys.modules]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                   env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert_imports_none(("imgen_jax.eval.nets.clap", "imgen_jax.eval.nets.bpe"),
+                        ("torch", "transformers", "laion_clap", "regex", "librosa", "torchlibrosa"))
 
 
 def test_clap_loader_and_scorer_batching(tmp_path):
