@@ -54,7 +54,7 @@ from flax import nnx
 
 from imgen_jax import vocab, xla
 from imgen_jax.errors import ImgenError
-from imgen_jax.models.lm import LayerFusion, MusicGenLM
+from imgen_jax.models.lm import LayerFusion, MusicGenLM, layer_slices
 from imgen_jax.models.patterns import build_pattern, pattern_length, revert_pattern
 
 ProgressFn = Callable[[int, int], None]
@@ -253,6 +253,8 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
         return jax.lax.dynamic_update_slice_in_dim(buf, values[:, :, None], s, axis=2)
 
     cache = lm.init_cache(rows, Smax, memory, text_mask, fusion, per_layer=static.unroll)
+    if static.unroll:  # each layer's fusion arrays sliced once, not on every step of the loop
+        fusion = layer_slices(fusion, lm.cfg.num_layers)
     logits, cache = lm.extend(rows_of(template[:, :, :P]), cache, fusion)
     logits = logits[:, :, -1]
     seq = template

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from imgen_jax import xla
 from imgen_jax.errors import ImgenError
 from imgen_jax.instruct.fusion import InstructAdapters, InstructFusion, instruct_fusion
 from imgen_jax.models.lm import MusicGenLM
@@ -111,7 +113,24 @@ def decode_fusion(
     if not 1 <= N <= T:
         raise ImgenError(f"num_frames {N} must be in 1..{T} (the condition's frames)")
     cond_ext = append_special(cond_codes, lm.cfg.special_token)[:, :, : N + 1]
-    return instruct_fusion(lm, adapters, cond_ext, clamp=N - 1)
+    lm_def, lm_state = nnx.split(lm)
+    ad_def, ad_state = nnx.split(adapters)
+    return _fusion_program()(lm_def, lm_state, ad_def, ad_state, cond_ext, clamp=N - 1)
+
+
+_FUSION_JITS: dict = {}
+
+
+def _fusion_program():
+    """`instruct_fusion` as one compiled program per backend (imgen_jax.xla options), cached across calls: run
+    eagerly, its layer scan would be compiled again on every call (a new closure each time)."""
+    backend = jax.default_backend()
+    if backend not in _FUSION_JITS:
+        def program(lm_def, lm_state, ad_def, ad_state, cond_ext, clamp):
+            return instruct_fusion(nnx.merge(lm_def, lm_state), nnx.merge(ad_def, ad_state), cond_ext, clamp=clamp)
+
+        _FUSION_JITS[backend] = xla.jit(program, static_argnames=("lm_def", "ad_def", "clamp"))
+    return _FUSION_JITS[backend]
 
 
 __all__ = [

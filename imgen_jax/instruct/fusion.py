@@ -244,8 +244,8 @@ def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Ar
 class InstructFusion(LayerFusion):
     """Instruct-MusicGen's fusion as an `imgen_jax.models.lm.LayerFusion`, stacked over the LM's layers.
 
-    Audio fusion (None in mode "text"): q, k, v [layers, B, Tc, H, D] (k, v [layers, B, H, Tc, D] when
-    heads_major) from `audio_fusion_pass`, gate [layers]; with n times as many query rows as prefix rows
+    Audio fusion (None in mode "text"): q, k, v [layers, B, Tc, H, D] (when heads_major, the decode's layout:
+    k [layers, B, H, D, Tc], v [layers, B, H, Tc, D]) from `audio_fusion_pass`, gate [layers]; with n times as many query rows as prefix rows
     (classifier-free guidance: n = 2) prefix row b serves query rows b, B + b, ...; the query at position
     p reads q[min(p, clamp)]
     (clamp None: Tc - 1; teacher forcing: query i reads i). LoRA (None in mode "audio"): q_a, v_a
@@ -274,7 +274,8 @@ class InstructFusion(LayerFusion):
             qp = jnp.take(self.q, jnp.minimum(positions, clamp), axis=1)
         rows, prefix_rows = q.shape[0], self.q.shape[0]
         if rows == prefix_rows:
-            y = attention(q + qp.astype(q.dtype), self.k, self.v, None, heads_major=self.heads_major)
+            y = attention(q + qp.astype(q.dtype), self.k, self.v, None, heads_major=self.heads_major,
+                          keys_transposed=self.heads_major)
             return self.gate.astype(y.dtype) * y
         # classifier-free guidance: the conditional and unconditional halves share one prefix (for_guidance),
         # so each prefix row serves a group of query rows, folded into its query axis: the prefix keys and
@@ -282,7 +283,7 @@ class InstructFusion(LayerFusion):
         groups, S = rows // prefix_rows, q.shape[1]
         qg = q.reshape(groups, prefix_rows, *q.shape[1:]) + qp.astype(q.dtype)[None]
         qg = qg.swapaxes(0, 1).reshape(prefix_rows, groups * S, *q.shape[2:])
-        y = attention(qg, self.k, self.v, None, heads_major=self.heads_major)
+        y = attention(qg, self.k, self.v, None, heads_major=self.heads_major, keys_transposed=self.heads_major)
         y = y.reshape(prefix_rows, groups, S, *q.shape[2:]).swapaxes(0, 1).reshape(q.shape)
         return self.gate.astype(y.dtype) * y
 
@@ -300,7 +301,9 @@ class InstructFusion(LayerFusion):
     def for_decoding(self, heads_major: bool) -> "InstructFusion":
         if self.q is None or heads_major == self.heads_major:
             return self
-        return dataclasses.replace(self, k=self.k.swapaxes(2, 3), v=self.v.swapaxes(2, 3), heads_major=heads_major)
+        # keys [layers,B,H,D,Tc]: stored as the per-step dot reads them (else XLA copies them every step)
+        return dataclasses.replace(self, k=self.k.transpose(0, 1, 3, 4, 2), v=self.v.swapaxes(2, 3),
+                                   heads_major=heads_major)
 
 
 def instruct_fusion(

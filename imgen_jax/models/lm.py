@@ -124,12 +124,14 @@ class LayerNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, heads_major: bool = False) -> jax.Array:
-    """Scaled dot-product attention. q [B,Q,H,D], k/v [B,K,H,D] (heads_major: [B,H,K,D]), bias broadcastable
-    to [B,H,Q,K] -> [B,Q,H,D]."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, heads_major: bool = False,
+              keys_transposed: bool = False) -> jax.Array:
+    """Scaled dot-product attention. q [B,Q,H,D], k/v [B,K,H,D] (heads_major: [B,H,K,D]; keys_transposed:
+    k [B,H,D,K], the layout XLA:CPU's batched dot reads without a copy), bias broadcastable to [B,H,Q,K]
+    -> [B,Q,H,D]."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     kv = "bhkd" if heads_major else "bkhd"
-    logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k).astype(jnp.float32) * scale
+    logits = jnp.einsum(f"bqhd,{'bhdk' if keys_transposed else kv}->bhqk", q, k).astype(jnp.float32) * scale
     if bias is not None:
         logits = logits + bias
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -177,8 +179,19 @@ class LayerFusion:
 
 
 def _layer(tree, i: int):
-    """Layer i of a pytree stacked over layers (None stays None)."""
+    """Layer i of a pytree stacked over layers (None stays None; a tuple from `layer_slices` is indexed)."""
+    if isinstance(tree, tuple):
+        return tree[i]
     return jax.tree.map(lambda a: a[i], tree)
+
+
+def layer_slices(tree, num_layers: int) -> tuple | None:
+    """A pytree stacked over layers as a tuple of its per-layer slices, sliced once here: for a decode loop
+    over unrolled layers. The barrier keeps XLA from sinking the slices back into the loop, where each
+    would be copied out of the stack on every step (None stays None)."""
+    if tree is None:
+        return None
+    return jax.lax.optimization_barrier(tuple(_layer(tree, i) for i in range(num_layers)))
 
 
 class SelfAttention(nnx.Module):
@@ -492,8 +505,7 @@ class MusicGenLM(nnx.Module):
             k = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
             v = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
             _, stacked = nnx.split(self.layers)
-            # the barrier keeps XLA from sinking the slices back into a decode loop (re-copied every step)
-            layer_states = jax.lax.optimization_barrier(tuple(_layer(stacked, i) for i in range(cfg.num_layers)))
+            layer_states = layer_slices(stacked, cfg.num_layers)
         else:
             shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
             k, v = jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
@@ -513,7 +525,8 @@ class MusicGenLM(nnx.Module):
         stack and of the cache every step and transposes the cache for the attention (1.5x to 2x slower
         per step on CPU). The price: a longer compile and the second copy of the layer weights.
         fusion: the `LayerFusion` of `init_cache`, after `for_decoding(per_layer)`; its hooks see the
-        queries' absolute positions.
+        queries' absolute positions. With a per-layer cache it may also be `layer_slices(fusion, layers)`
+        (what a decode loop should pass: the stacked fusion would be sliced on every step).
         """
         S = seq.shape[-1]
         per_layer = isinstance(cache.k, (tuple, list))
