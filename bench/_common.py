@@ -61,3 +61,40 @@ def device_line() -> str:
 
     devs = jax.devices()
     return f"jax {jax.__version__} on {devs[0].platform}: {len(devs)} x {devs[0].device_kind}; cpu cores {os.cpu_count()}"
+
+
+def matrix_flops(jitted: Callable, *args) -> float:
+    """FLOPs of the dot and convolution ops of `jitted(*args)`'s compiled program, every loop body times
+    its trip count (imgen_jax.train.plan.analyse_hlo; XLA's cost_analysis would count a loop body once)."""
+    from imgen_jax.train.plan import analyse_hlo
+
+    return analyse_hlo(jitted.lower(*args).compile().as_text()).flops
+
+
+def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """fp32 GFLOP/s of one [n, n] @ [n, n] product on this machine, measured now: {"xla": (with
+    imgen_jax.xla's compiler options), "torch": (all threads)}; the sides alternate."""
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from imgen_jax.xla import jit
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ja, ta = jnp.asarray(a), torch.from_numpy(a)
+    dot = jit(lambda x: jnp.dot(x, x, precision="highest"))
+    med = alternate({"xla": lambda: dot(ja).block_until_ready(), "torch": lambda: torch.mm(ta, ta)}, repeats)
+    return {side: 2.0 * n**3 / s / 1e9 for side, s in med.items()}
+
+
+def floor_lines(flops: float, rates: dict[str, float], jax_s: float, torch_s: float, what: str = "") -> list[str]:
+    """The bound the matrix work puts on a benchmark: at XLA's measured matmul rate the dots alone take
+    flops / rate seconds, so no fp32 program doing this work can beat torch by more than torch_s / that."""
+    floor = flops / (rates["xla"] * 1e9)
+    pre = f"{what}: " if what else ""
+    return [
+        f"{pre}matrix work {flops / 1e9:.1f} GFLOP (compiled HLO: dot / convolution ops, loops x trip counts); "
+        f"fp32 matmul rate measured now: XLA {rates['xla']:.0f} GFLOP/s, torch {rates['torch']:.0f} GFLOP/s",
+        f"{pre}floor (the matrix work alone at XLA's rate) {floor:.2f} s: jax reaches {floor / jax_s:.0%} of it, "
+        f"torch {flops / torch_s / 1e9:.0f} GFLOP/s; best possible ratio here {torch_s / floor:.2f}x",
+    ]

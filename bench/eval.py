@@ -20,7 +20,9 @@ is missing; the total is then VGGish alone.
 
 PyTorch runs under torch.no_grad() with all CPU threads. Runs alternate between the sides (so
 background load hits both alike); prints medians after warm-up, the JAX compile time separately, a
-parity check, the machine's load average at start and end, and as its last line `speedup: X.XX`
+parity check, the machine's load average at start and end, the bound each network's matrix work puts
+on the ratio (`_common.floor_lines`: the JAX program's dot / convolution FLOPs at the fp32 matmul rate
+measured in the same run), and as its last line `speedup: X.XX`
 (PyTorch seconds / JAX seconds over the networks timed).
 
     python bench/eval.py [--clips 100] [--clap-clips N] [--seconds 5] [--batch 8] [--repeats 3]
@@ -34,7 +36,19 @@ import statistics
 import tempfile
 import time
 
-from _common import device_line, timed_once
+from _common import device_line, floor_lines, matmul_rates, matrix_flops, timed_once
+
+
+def flops_per_clip(model, method, batch: int, samples: int) -> float:
+    """Matrix FLOPs per clip of `method(model, wav [batch, samples])` as the JAX side compiles it."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from imgen_jax.xla import jit
+
+    graphdef, state = nnx.split(model)
+    run = jit(lambda st, x: method(nnx.merge(graphdef, st), x))
+    return matrix_flops(run, state, jnp.zeros((batch, samples), jnp.float32)) / batch
 
 
 def load_line(when: str) -> str:
@@ -42,7 +56,7 @@ def load_line(when: str) -> str:
 
 
 def vggish_sides(clips16, batch: int, tmp: str):
-    """{side name: fn() -> embeddings} for VGGish, and the JAX embedder's first-call time."""
+    """({side name: fn() -> embeddings}, the JAX embedder's first-call time, its matrix FLOPs per clip)."""
     import numpy as np
     import torch
     from torchvggish import vggish_input
@@ -80,37 +94,43 @@ def vggish_sides(clips16, batch: int, tmp: str):
         return out
 
     first = timed_once(lambda: jax_emb(clips16[:batch]))
-    return {"torch per clip": torch_per_clip, "torch batched": torch_batched, "jax": lambda: jax_emb(clips16)}, first
+    from imgen_jax.eval.nets.vggish import VGGish
+
+    flops = flops_per_clip(jax_emb.model, VGGish.embed, batch, len(clips16[0]))
+    sides = {"torch per clip": torch_per_clip, "torch batched": torch_batched, "jax": lambda: jax_emb(clips16)}
+    return sides, first, flops
 
 
 def clap_sides(clips48, batch: int, tmp: str):
-    """({side: fn}, JAX first-call time) for CLAP, or (None, why it is skipped)."""
+    """({side: fn}, JAX first-call time, matrix FLOPs per clip) for CLAP, or (None, why it is skipped, 0)."""
     import importlib.util
 
     if importlib.util.find_spec("imgen_jax.eval.nets.clap") is None:
-        return None, "imgen_jax.eval.nets.clap is not in this build"
+        return None, "imgen_jax.eval.nets.clap is not in this build", 0.0
     try:
         from convert.clap_weights import convert_clap
         from convert.reference_models import clap_model, laion_clap_audio_embedding, save_clap_checkpoint, write_clap_tokenizer
     except ImportError as e:
-        return None, f"needs convert.clap_weights.convert_clap and convert.reference_models.clap_model ({e})"
+        return None, f"needs convert.clap_weights.convert_clap and convert.reference_models.clap_model ({e})", 0.0
     if importlib.util.find_spec("laion_clap") is None:
-        return None, "laion_clap is not installed (pip install --no-deps laion-clap==1.1.7)"
+        return None, "laion_clap is not installed (pip install --no-deps laion-clap==1.1.7)", 0.0
 
-    from imgen_jax.eval.nets.clap import clap_scorer, load_clap
+    from imgen_jax.eval.nets.clap import ClapModel, clap_scorer, load_clap
 
     ref = clap_model(seed=0)
     src = save_clap_checkpoint(ref, os.path.join(tmp, "clap.pt"))  # the published checkpoints' layout
     out = os.path.join(tmp, "clap.safetensors")
     convert_clap(src, write_clap_tokenizer(os.path.join(tmp, "roberta-base")), out)
     os.remove(src)
-    scorer = clap_scorer(load_clap(out), batch_size=batch)
+    model = load_clap(out)
+    scorer = clap_scorer(model, batch_size=batch)
 
     def torch_hook():  # CLAP_Module.get_audio_embedding_from_data, one call per batch of clips
         return [laion_clap_audio_embedding(ref, clips48[s:s + batch]) for s in range(0, len(clips48), batch)]
 
     first = timed_once(lambda: scorer.embed_audio(clips48[:batch]))
-    return {"torch hook": torch_hook, "jax": lambda: scorer.embed_audio(clips48)}, first
+    flops = flops_per_clip(model, ClapModel.embed_audio, batch, model.cfg.clip_samples)
+    return {"torch hook": torch_hook, "jax": lambda: scorer.embed_audio(clips48)}, first, flops
 
 
 def main() -> None:
@@ -140,13 +160,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         nets, counts = {}, {"vggish": args.clips, "clap": clap_clips}
-        vgg, first = vggish_sides(clips(16000, args.clips), args.batch, tmp)
+        vgg, first, flops = vggish_sides(clips(16000, args.clips), args.batch, tmp)
         nets["vggish"] = (vgg, first)
-        clap, why = clap_sides(clips(48000, clap_clips), args.batch, tmp)
+        work = {"vggish": flops * args.clips}
+        clap, why, flops = clap_sides(clips(48000, clap_clips), args.batch, tmp)
         if clap is None:
             print(f"CLAP: skipped ({why})")
         else:
             nets["clap"] = (clap, why)
+            work["clap"] = flops * clap_clips
         sizes = {"vggish": f"VGGish {args.clips} clips at 16 kHz", "clap": f"CLAP {clap_clips} clips at 48 kHz"}
         print(", ".join(sizes[net] for net in nets) + f"; {args.seconds:g} s each; batch {args.batch}")
 
@@ -165,6 +187,7 @@ def main() -> None:
 
     print(f"median of {args.repeats} runs after warm-up (compile = first call on one batch, not timed below):")
     torch_total = jax_total = 0.0
+    fastest = {}
     for net, (sides, first) in nets.items():
         jax_s = med[(net, "jax")]
         torch_sides = {s: med[(net, s)] for s in sides if s != "jax"}
@@ -178,7 +201,15 @@ def main() -> None:
         ref = np.concatenate([np.asarray(r).reshape(-1) for r in results[net][best]])
         got = np.concatenate([np.asarray(r).reshape(-1) for r in results[net]["jax"]])
         print(f"  {net:7s} parity: relative error {np.linalg.norm(got - ref) / np.linalg.norm(ref):.2e}")
+        fastest[net] = (jax_s, torch_sides[best])
     print(load_line("end"))
+    rates = matmul_rates()
+    for net, (jax_s, torch_s) in fastest.items():
+        for line in floor_lines(work[net], rates, jax_s, torch_s, net):
+            print("  " + line)
+    if len(fastest) > 1:
+        for line in floor_lines(sum(work.values()), rates, jax_total, torch_total, "all"):
+            print("  " + line)
     print(f"speedup: {torch_total / jax_total:.2f}")
 
 

@@ -4,7 +4,7 @@ musicgen-small decoder shape (1024 x 24 layers, 16 heads, 4 codebooks x 2048) on
 batch 2 x 250 pattern steps with a 12-token text memory. Both sides compute the full
 logits [B, K, S, card] in float32. The sides run in turns (torch, jax, torch, ...); prints per-side
 medians after warm-up, the load average, the JAX compile
-time separately, and as its last line `speedup: X.XX` (PyTorch seconds / JAX seconds).
+time separately, the bound the matrix work puts on the ratio (`floor_lines`), and as its last line `speedup: X.XX` (PyTorch seconds / JAX seconds).
 
     python bench/lm_forward.py [--batch 2] [--steps 250] [--repeats 5] [--layers 24]
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from _common import alternate, device_line, load_average, timed_once
+from _common import alternate, device_line, floor_lines, load_average, matmul_rates, matrix_flops, timed_once
 
 
 def main() -> None:
@@ -77,6 +77,14 @@ def main() -> None:
     print(f"jax compile (first call): {compile_s:.2f} s")
     print(f"torch forward: {t_torch * 1000:.1f} ms (median of {args.repeats}, sides alternated)")
     print(f"jax forward:   {t_jax * 1000:.1f} ms (median of {args.repeats}, sides alternated)")
+    from flax import nnx
+
+    from imgen_jax.xla import jit
+
+    graphdef, state = nnx.split(lm)
+    flops = matrix_flops(jit(lambda st, seq, memory: nnx.merge(graphdef, st)(seq, memory)), state, j_seq, j_mem)
+    for line in floor_lines(flops, matmul_rates(), t_jax, t_torch):
+        print(line)
     print(f"speedup: {t_torch / t_jax:.2f}")
 
 

@@ -10,7 +10,8 @@ JAX side: `imgen_jax.train.step.codes_loss_and_grads` + `apply_update` (what `tr
 after EnCodec and T5) under one jit, parameters and optimizer state donated. PyTorch side: a compact
 eager re-implementation in this file (SDPA attention, autograd, torch.optim.AdamW), loaded with the
 same weights; before timing, the script asserts both sides give the same loss before and after one
-update (relative difference <= 1e-4). Last line: `speedup: X.XX` (PyTorch step time / JAX step time).
+update (relative difference <= 1e-4). Then the bound the step's matrix work puts on the ratio
+(`_common.floor_lines`: its dot FLOPs at the fp32 matmul rate measured in the same run). Last line: `speedup: X.XX` (PyTorch step time / JAX step time).
 
     python bench/train_step.py [--dim 512 --layers 6 --heads 8 --card 1024 --batch 4 --frames 150 --repeats 5]
 """
@@ -21,7 +22,7 @@ import argparse
 import math
 import os
 
-from _common import alternate, device_line, load_average, timed_once
+from _common import alternate, device_line, floor_lines, load_average, matmul_rates, matrix_flops, timed_once
 
 
 def torch_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd):
@@ -249,6 +250,8 @@ def main() -> None:
     print(f"torch step: {t_torch * 1000:.1f} ms = {1 / t_torch:.2f} steps/s, {tokens / t_torch:.0f} tokens/s (median of {args.repeats}, sides alternated)")
     print(f"jax step:   {t_jax * 1000:.1f} ms = {1 / t_jax:.2f} steps/s, {tokens / t_jax:.0f} tokens/s (median of {args.repeats}, sides alternated)")
     print(load_average(), "at end")
+    for line in floor_lines(matrix_flops(step_j, state["p"], state["o"], *j_in), matmul_rates(), t_jax, t_torch):
+        print(line)
     print(f"speedup: {t_torch / t_jax:.2f}")
 
 
