@@ -81,13 +81,33 @@ def test_conv3x3_matches_xla_convolution(b, h, w, c, o):
     assert _rel(jax.jit(conv3x3)(x, kernel, bias), want + bias) < CONV_TOL
 
 
+def test_winograd3x3_in_batch_chunks(monkeypatch):
+    """A batch larger than one chunk (5 items in chunks of 2, the last one padded) gives the same convolution."""
+    import jax
+
+    from imgen_jax.eval.nets import common
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((5, 10, 7, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 6, 9)) / np.sqrt(54), jnp.float32)
+    whole = common.winograd3x3(x, kernel)
+    monkeypatch.setattr(common, "WINOGRAD_CHUNK_BYTES", 2 * 36 * 3 * 2 * (6 + 9) * 4)  # two items' tiles (F(4x4))
+    run = jax.jit(lambda x, kernel: common.winograd3x3(x, kernel))  # traced now, under the patched chunk size
+    assert "stablehlo.while" in run.lower(x, kernel).as_text()  # lax.map over 3 chunks
+    chunked = run(x, kernel)
+    assert _rel(chunked, whole) < 1e-6
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=common.HIGHEST)
+    assert _rel(chunked, want) < CONV_TOL
+
+
 def test_conv3x3_path_uses_winograd_for_the_wide_vggish_and_cnn14_layers():
     from imgen_jax.eval.nets.common import conv3x3_path
 
     vggish = [(96, 64, 1, 64), (48, 32, 64, 128), (24, 16, 128, 256), (24, 16, 256, 256), (12, 8, 256, 512),
               (12, 8, 512, 512)]
-    assert [conv3x3_path(40, h, w, c, o) for h, w, c, o in vggish] == ["xla"] * 2 + ["winograd"] * 4
-    assert [conv3x3_path(6, h, w, c, o) for h, w, c, o in vggish] == ["xla"] * 2 + ["winograd"] * 4  # the parity test's
+    assert [conv3x3_path(40, h, w, c, o) for h, w, c, o in vggish] == ["xla"] + ["winograd"] * 5
+    assert [conv3x3_path(6, h, w, c, o) for h, w, c, o in vggish] == ["xla"] + ["winograd"] * 5  # the parity test's
     assert conv3x3_path(8, 31, 2, 1024, 2048) == "xla" and conv3x3_path(2, 5, 2, 1024, 2048) == "im2col"
     assert conv3x3_path(2, 40, 16, 128, 256) == "winograd"  # Cnn14's block 3 in test_cnn14_matches_panns
 
