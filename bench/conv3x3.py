@@ -1,15 +1,16 @@
-"""The 3x3 convolutions of VGGish on the CPU: XLA's direct convolution vs im2col vs Winograd F(2x2, 3x3) and
-F(4x4, 3x3) (`imgen_jax.eval.nets.common.conv3x3` / `winograd3x3`), per layer and for the whole network.
+"""The 3x3 convolutions of VGGish (and Cnn14) on the CPU: XLA's direct convolution vs im2col vs Winograd
+F(2x2, 3x3) and F(4x4, 3x3) (`imgen_jax.eval.nets.common`), per layer and for the whole VGGish network.
 
-Random VGGish weights (nnx initialisers) and a batch of --batch log-mel patches [B, 96, 64] (40 = 8 clips x
-5 patches, what bench/eval.py's JAX side runs per call). Each layer is one jitted program (`imgen_jax.xla.jit`)
-of its real input shape; the network is `VGGish.__call__` with every conv computed by one variant ("direct" =
-nnx.Conv's lax.conv_general_dilated; "auto F2/F4" = conv3x3 with that tile, im2col on the one-channel first
-layer). The variants run in turns (background load hits all alike), medians after warm-up. Errors are relative
-(Frobenius) against a float64 numpy convolution of the same float32 inputs (per layer: random input of the real
-shape, He-scaled kernel; network: the float64 network on 4 patches).
+Per layer: one jitted program (`imgen_jax.xla.jit`) per variant on a random input of the layer's real shape
+(VGGish on --batch patches [96, 64], 40 = 8 clips x 5 patches as bench/eval.py runs it; with --cnn14 S also the
+first conv of each Cnn14 block on 8 clips of S seconds), the path `conv3x3` picks for it, and each variant's
+relative (Frobenius) error on 2 items against a float64 numpy convolution. Network: `VGGish.__call__` (random
+nnx weights) on --batch patches with every conv computed by XLA's convolution ("direct", what nnx.Conv does)
+or by `conv3x3` with tile 2 / 4 ("auto F2" / "auto F4"; the default is F4), and the error of 4 embeddings
+against the network in float64 numpy. Variants run in turns (background load hits all alike); medians after
+warm-up. The machine's load average is printed: on a shared 2-core VM the absolute times vary ~2x with it.
 
-    python bench/conv3x3.py [--batch 40] [--repeats 5] [--layers-only | --net-only]
+    python bench/conv3x3.py [--batch 40] [--repeats 5] [--cnn14 SECONDS] [--layers-only | --net-only]
 """
 
 from __future__ import annotations
