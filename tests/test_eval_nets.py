@@ -55,6 +55,63 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 t.copy_(torch.rand(t.shape, generator=g) * 0.2 - 0.1)
 
 
+# ---------------------------------------------------------------------------------- 3x3 convolution
+
+CONV_TOL = 1e-5  # relative; measured <= 2.5e-6 for Winograd F(4x4, 3x3) at 512 channels (F(2x2) and XLA ~4e-7)
+
+
+@pytest.mark.parametrize("b, h, w, c, o", [(2, 5, 3, 3, 4), (1, 96, 64, 16, 32), (3, 6, 4, 5, 7), (2, 1, 1, 2, 3),
+                                           (2, 3, 2, 6, 5), (2, 7, 9, 4, 8), (6, 12, 8, 256, 512)])
+def test_conv3x3_matches_xla_convolution(b, h, w, c, o):
+    """Winograd F(2x2) / F(4x4), im2col and conv3x3's choice = lax.conv_general_dilated (padding 1), odd sizes too."""
+    import jax
+
+    from imgen_jax.eval.nets.common import HIGHEST, conv3x3, im2col3x3, winograd3x3
+
+    rng = np.random.default_rng(b * h * w * c * o)
+    x = jnp.asarray(rng.standard_normal((b, h, w, c)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
+    bias = jnp.asarray(rng.uniform(-0.1, 0.1, o), jnp.float32)
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=HIGHEST)
+    for tile in (2, 4):
+        got = jax.jit(winograd3x3, static_argnums=2)(x, kernel, tile)
+        assert got.shape == want.shape and _rel(got, want) < CONV_TOL, tile
+    assert _rel(im2col3x3(x, kernel), want) < CONV_TOL
+    assert _rel(jax.jit(conv3x3)(x, kernel, bias), want + bias) < CONV_TOL
+
+
+def test_winograd3x3_in_batch_chunks(monkeypatch):
+    """A batch larger than one chunk (5 items in chunks of 2, the last one padded) gives the same convolution."""
+    import jax
+
+    from imgen_jax.eval.nets import common
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((5, 10, 7, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 6, 9)) / np.sqrt(54), jnp.float32)
+    whole = common.winograd3x3(x, kernel)
+    monkeypatch.setattr(common, "WINOGRAD_CHUNK_BYTES", 2 * 36 * 3 * 2 * (6 + 9) * 4)  # two items' tiles (F(4x4))
+    run = jax.jit(lambda x, kernel: common.winograd3x3(x, kernel))  # traced now, under the patched chunk size
+    assert "stablehlo.while" in run.lower(x, kernel).as_text()  # lax.map over 3 chunks
+    chunked = run(x, kernel)
+    assert _rel(chunked, whole) < 1e-6
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=common.HIGHEST)
+    assert _rel(chunked, want) < CONV_TOL
+
+
+def test_conv3x3_path_uses_winograd_for_the_wide_vggish_and_cnn14_layers():
+    from imgen_jax.eval.nets.common import conv3x3_path
+
+    vggish = [(96, 64, 1, 64), (48, 32, 64, 128), (24, 16, 128, 256), (24, 16, 256, 256), (12, 8, 256, 512),
+              (12, 8, 512, 512)]
+    assert [conv3x3_path(40, h, w, c, o) for h, w, c, o in vggish] == ["xla"] + ["winograd"] * 5
+    assert [conv3x3_path(6, h, w, c, o) for h, w, c, o in vggish] == ["xla"] + ["winograd"] * 5  # the parity test's
+    assert conv3x3_path(8, 31, 2, 1024, 2048) == "xla" and conv3x3_path(2, 5, 2, 1024, 2048) == "im2col"
+    assert conv3x3_path(2, 40, 16, 128, 256) == "winograd"  # Cnn14's block 3 in test_cnn14_matches_panns
+
+
 # ---------------------------------------------------------------------------------------- VGGish
 
 

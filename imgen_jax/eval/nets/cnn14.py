@@ -25,11 +25,10 @@ import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgen_jax.eval.nets.common import HIGHEST, Affine, load_net, pool2d, power_log_mel, slaney_mel_filters
+from imgen_jax.eval.nets.common import HIGHEST, Affine, conv3x3, load_net, pool2d, power_log_mel, slaney_mel_filters
 
 KIND = "cnn14"
 CHANNELS = (64, 128, 256, 512, 1024, 2048)
@@ -65,23 +64,9 @@ def log_mel(wav: jax.Array, cfg: Cnn14Config = Cnn14Config()) -> jax.Array:
     return power_log_mel(wav, cfg.sample_rate, cfg.window, cfg.hop, mel_matrix(cfg), cfg.amin, "Cnn14")
 
 
-IM2COL_MAX_PIXELS = 16  # maps this small (the last block of a short clip) convolve as one matmul
-
-
-def conv3x3(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-    """`conv(x)` for x [B, H, W, C]; small maps (H * W <= IM2COL_MAX_PIXELS) as im2col + one matmul, the same
-    sum: XLA's CPU convolution takes ~100x longer on a 3 x 2 map of 2048 channels (Cnn14's last block)."""
-    b, h, w, c = x.shape
-    if h * w > IM2COL_MAX_PIXELS:
-        return conv(x)
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)  # [B, H, W, 9C]
-    kernel = conv.kernel[...].reshape(9 * c, -1)  # [3, 3, C, O] -> rows in (i, j, c) order, as cols
-    return jnp.einsum("bhwk,ko->bhwo", cols, kernel, precision=HIGHEST) + conv.bias[...]
-
-
 class ConvBlock(nnx.Module):
-    """Two 3x3 convolutions (batch norms folded in), each followed by ReLU."""
+    """Two 3x3 convolutions (batch norms folded in), each followed by ReLU; the nnx.Conv modules hold the
+    parameters, `conv3x3` computes them."""
 
     def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
         kw = dict(kernel_size=(3, 3), padding=((1, 1), (1, 1)), precision=HIGHEST, rngs=rngs)
@@ -89,7 +74,9 @@ class ConvBlock(nnx.Module):
         self.conv2 = nnx.Conv(cout, cout, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.relu(conv3x3(self.conv2, jax.nn.relu(conv3x3(self.conv1, x))))
+        for conv in (self.conv1, self.conv2):
+            x = jax.nn.relu(conv3x3(x, conv.kernel[...], conv.bias[...]))
+        return x
 
 
 class Cnn14(nnx.Module):

@@ -1,5 +1,5 @@
 """Shared pieces of the evaluation networks (VGGish, Cnn14, CLAP): weights files, framing, pooling,
-the torchlibrosa-style log-mel frontend (PANNs, HTSAT).
+the torchlibrosa-style log-mel frontend (PANNs, HTSAT), the 3x3 convolution (Winograd) of VGGish and Cnn14.
 
 A converted network is one safetensors file: the flat weights (names = NNX parameter paths joined
 with '/') and, in the metadata, `kind` (e.g. "vggish") and `config` (the JSON of its config
@@ -145,3 +145,124 @@ class Affine(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.scale[...] + self.bias[...]
+
+
+# Winograd minimal filtering F(m x m, 3 x 3) (Lavin & Gray 2016): a tile of (m + 2)^2 inputs gives m^2 outputs of
+# a 3x3 correlation as Y = A^T [(G g G^T) * (B^T d B)] A, i.e. (m + 2)^2 products per m^2 outputs instead of 9 m^2.
+# F(2, 3) uses the points 0, +-1, inf; F(4, 3) 0, +-1, +-2, inf (all transform coefficients exact in float32 but
+# G's 1/6, 1/12, 1/24).
+_WINOGRAD = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),  # B^T [4, 4]
+        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),  # G [4, 3]
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),  # A^T [2, 4]
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+WINOGRAD_TILE = 4  # output tile m of conv3x3's Winograd path (bench/conv3x3.py: fastest, errors ~1e-6)
+# conv3x3's choice (bench/conv3x3.py): the Winograd transforms are memory-bound and the kernel transform costs
+# (tile + 2)^2 C O floats per call, so Winograd pays where there are enough output pixels B * H * W per kernel and
+# the channels make the matmuls dominate: C O / (C + O) >= WINOGRAD_MIN_WIDTH (VGGish's 64 -> 128 and wider)
+WINOGRAD_MIN_PIXELS = 512
+WINOGRAD_MIN_WIDTH = 32
+WINOGRAD_CHUNK_BYTES = 16 << 20  # winograd3x3's working set per batch chunk (half this machine's 32 MiB L3)
+IM2COL_MAX_PIXELS = 16  # maps this small (Cnn14's last block on a short clip) convolve as im2col + one matmul
+
+
+def _mix(parts: list, matrix: np.ndarray) -> list:
+    """[sum_j matrix[i, j] * parts[j] for each row i], skipping zero terms (the transforms as fused adds)."""
+    out = []
+    for row in matrix:
+        acc = None
+        for c, p in zip(row, parts):
+            if c == 0:
+                continue
+            term = p if c == 1 else -p if c == -1 else p * np.float32(c)
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def xla_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3x3 'SAME' correlation (no bias) of x [B, H, W, C] with kernel [3, 3, C, O] by XLA's convolution (nnx.Conv's)."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision=HIGHEST)
+
+
+def im2col3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3x3 'SAME' correlation of x [B, H, W, C] with kernel [3, 3, C, O] as one matmul over [B, H, W, 9C]."""
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
+    return jnp.einsum("bhwk,ko->bhwo", cols, kernel.reshape(9 * c, -1), precision=HIGHEST)  # rows in (i, j, c)
+
+
+def winograd3x3(x: jax.Array, kernel: jax.Array, tile: int = WINOGRAD_TILE) -> jax.Array:
+    """3x3 'SAME' correlation (zero padding 1, stride 1, no bias) of x [B, H, W, C] with kernel [3, 3, C, O]
+    -> [B, H, W, O] by Winograd F(tile x tile, 3 x 3), tile 2 or 4.
+
+    The kernel is transformed once ([(tile + 2)^2, C, O]); then, in chunks of the batch whose transformed tiles
+    take at most WINOGRAD_CHUNK_BYTES (they stay in cache: up to ~2x faster per layer on large maps, ~5% on the
+    whole VGGish, than the whole batch at once on a 2-core EPYC),
+    the map is zero-padded to whole tiles, the overlapping (tile + 2)^2 input tiles are transformed, multiplied
+    as (tile + 2)^2 matmuls [tiles, C] @ [C, O] (one dot_general, float32 at HIGHEST precision) and transformed
+    back to tile x tile outputs, cropped to H x W.
+    """
+    if tile not in _WINOGRAD:
+        raise ImgenError(f"winograd3x3: tile must be one of {sorted(_WINOGRAD)}, got {tile}")
+    bt, g, at = _WINOGRAD[tile]
+    a = tile + 2
+    b, h, w, c = x.shape
+    o = kernel.shape[-1]
+    th, tw = -(-h // tile), -(-w // tile)
+    span_h, span_w = tile * (th - 1) + 1, tile * (tw - 1) + 1
+    u = jnp.stack(_mix([kernel[i] for i in range(3)], g))  # [a, 3, C, O]: G g
+    u = jnp.stack(_mix([u[:, j] for j in range(3)], g), axis=1).reshape(a * a, c, o)  # G g G^T
+
+    def chunk(xc: jax.Array) -> jax.Array:  # [b', H, W, C] -> [b', H, W, O]
+        n = xc.shape[0]
+        # each transform one axis at a time, stacking a (or tile) parts: XLA fuses a few wide adds per stage
+        xp = jnp.pad(xc, ((0, 0), (1, th * tile + 1 - h), (1, tw * tile + 1 - w), (0, 0)))
+        v = jnp.stack(_mix([xp[:, r:r + span_h:tile] for r in range(a)], bt))  # [a, b', th, W', C]: B^T d
+        v = jnp.stack(_mix([v[:, :, :, s:s + span_w:tile] for s in range(a)], bt), axis=1)  # [a, a, b', th, tw, C]
+        m = jnp.einsum("knc,kco->kno", v.reshape(a * a, n * th * tw, c), u, precision=HIGHEST)
+        m = m.reshape(a, a, n, th, tw, o)
+        y = jnp.stack(_mix([m[k] for k in range(a)], at), axis=3)  # [a, b', th, tile, tw, O]: A^T m
+        y = jnp.stack(_mix([y[l] for l in range(a)], at), axis=-2)  # [b', th, tile, tw, tile, O]: A^T m A
+        return y.reshape(n, th * tile, tw * tile, o)[:, :h, :w]
+
+    per_item = a * a * th * tw * (c + o) * 4  # bytes of transformed input and product tiles per batch item
+    chunks = -(-b // max(1, min(b, WINOGRAD_CHUNK_BYTES // per_item)))
+    if chunks == 1:
+        return chunk(x)
+    size = -(-b // chunks)
+    xs = jnp.pad(x, ((0, chunks * size - b), (0, 0), (0, 0), (0, 0))).reshape(chunks, size, h, w, c)
+    return jax.lax.map(chunk, xs).reshape(chunks * size, h, w, o)[:b]
+
+
+def conv3x3_path(b: int, h: int, w: int, c: int, o: int, tile: int = WINOGRAD_TILE) -> str:
+    """How `conv3x3` computes a [B, H, W, C] -> [B, H, W, O] convolution: "im2col", "winograd" or "xla"."""
+    if h * w <= IM2COL_MAX_PIXELS:
+        return "im2col"
+    if min(h, w) >= tile and b * h * w >= WINOGRAD_MIN_PIXELS and c * o >= WINOGRAD_MIN_WIDTH * (c + o):
+        return "winograd"
+    return "xla"
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array, bias: jax.Array, tile: int = WINOGRAD_TILE) -> jax.Array:
+    """The 3x3 convolution of VGGish and Cnn14 (= nnx.Conv with padding 1, stride 1, HIGHEST precision): x
+    [B, H, W, C], kernel [3, 3, C, O], bias [O] -> [B, H, W, O], float32.
+
+    Wide layers on large enough maps use Winograd F(tile x tile, 3x3) (`winograd3x3`; F(4x4, 3x3) does 4x fewer
+    multiplications than the direct convolution, whose XLA CPU kernel already runs near the matmul peak). Tiny
+    maps (H * W <= IM2COL_MAX_PIXELS, where XLA's CPU convolution is ~100x slow) use im2col + one matmul; the
+    rest XLA's convolution (`conv3x3_path` says which).
+    """
+    path = conv3x3_path(*x.shape, kernel.shape[-1], tile)
+    if path == "im2col":
+        return im2col3x3(x, kernel) + bias
+    if path == "winograd":
+        return winograd3x3(x, kernel, tile) + bias
+    return xla_conv3x3(x, kernel) + bias

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from imgen_jax.errors import ImgenError
-from imgen_jax.eval.nets.common import HIGHEST, frame, load_net, periodic_hann, pool2d
+from imgen_jax.eval.nets.common import HIGHEST, conv3x3, frame, load_net, periodic_hann, pool2d
 
 KIND = "vggish"
 # (output channels, max-pool after it) of the six 3x3 convolutions
@@ -133,7 +133,7 @@ class VGGish(nnx.Module):
         """patches [M, patch_frames, n_mels] -> embeddings [M, 128]."""
         x = patches[..., None]
         for conv, (_, pool) in zip(self.convs, CONVS):
-            x = jax.nn.relu(conv(x))
+            x = jax.nn.relu(conv3x3(x, conv.kernel[...], conv.bias[...]))  # Winograd; nnx.Conv holds the weights
             if pool:
                 x = pool2d(x, "max")
         x = x.reshape(x.shape[0], -1)  # time, band, channel: torchvggish's transposed flatten
