@@ -87,14 +87,17 @@ def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     return {side: 2.0 * n**3 / s / 1e9 for side, s in med.items()}
 
 
-def floor_lines(flops: float, rates: dict[str, float], jax_s: float, torch_s: float, what: str = "") -> list[str]:
+def floor_lines(flops: float, rates: dict[str, float], jax_s: float, torch_s: float, what: str = "",
+                same_work: bool = True) -> list[str]:
     """The bound the matrix work puts on a benchmark: at XLA's measured matmul rate the dots alone take
-    flops / rate seconds, so no fp32 program doing this work can beat torch by more than torch_s / that."""
+    flops / rate seconds, so no fp32 program doing this work can beat torch by more than torch_s / that.
+    same_work: the PyTorch side does the same matrix work (then its rate on it is printed too)."""
     floor = flops / (rates["xla"] * 1e9)
     pre = f"{what}: " if what else ""
+    torch_rate = f"torch {flops / torch_s / 1e9:.0f} GFLOP/s; " if same_work else ""
     return [
         f"{pre}matrix work {flops / 1e9:.1f} GFLOP (compiled HLO: dot / convolution ops, loops x trip counts); "
         f"fp32 matmul rate measured now: XLA {rates['xla']:.0f} GFLOP/s, torch {rates['torch']:.0f} GFLOP/s",
         f"{pre}floor (the matrix work alone at XLA's rate) {floor:.2f} s: jax reaches {floor / jax_s:.0%} of it, "
-        f"torch {flops / torch_s / 1e9:.0f} GFLOP/s; best possible ratio here {torch_s / floor:.2f}x",
+        f"{torch_rate}best possible ratio here {torch_s / floor:.2f}x",
     ]
