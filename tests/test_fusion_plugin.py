@@ -158,6 +158,30 @@ def test_modes_are_the_official_model_with_a_part_closed(tiny):
     assert float(np.abs(full - logits(text)).max()) > 1e-3 and float(np.abs(full - logits(audio)).max()) > 1e-3
 
 
+
+def test_decode_fusion_compiles_once_and_equals_the_eager_pass(tiny):
+    """decode_fusion runs the audio-fusion pass as one cached jitted program: a second call with new codes
+    (another edit window) reuses it, and its prefix equals instruct_fusion run eagerly (float32 rounding: 1e-6
+    absolute + 2e-6 relative)."""
+    from imgen_jax.instruct import decode_fusion
+    from imgen_jax.instruct.forward import _fusion_program
+
+    lm, codes, _ = tiny
+    ad = init_adapters(FusionConfig.for_lm(CFG, lora_r=4, lora_alpha=8.0, pos_emb_frames=16), seed=0)
+    rng = np.random.default_rng(5)
+    load_into(ad, {k: (0.3 * rng.normal(size=s)).astype(np.float32) for k, (s, _) in module_shapes(ad).items()}, "r")
+    program = _fusion_program()
+    before = program._cache_size()
+    first = decode_fusion(lm, ad, codes, num_frames=T - 2)
+    second = decode_fusion(lm, ad, (codes + 1) % CFG.card, num_frames=T - 2)
+    assert program._cache_size() == before + 1
+    eager = instruct_fusion(lm, ad, append_special(codes, CFG.special_token)[:, :, : T - 1], clamp=T - 3)
+    assert first.clamp == eager.clamp == T - 3
+    for name in ("q", "k", "v", "gate", "q_a", "v_b"):
+        np.testing.assert_allclose(np.asarray(getattr(first, name)), np.asarray(getattr(eager, name)), atol=1e-6, rtol=2e-6)
+    assert float(np.abs(np.asarray(second.k) - np.asarray(first.k)).max()) > 1e-3
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, spm_model):
     return make_tiny_model_dir(str(tmp_path_factory.mktemp("ablation") / "base"), spm_model)
