@@ -171,10 +171,11 @@ def test_decode_fusion_compiles_once_and_equals_the_eager_pass(tiny):
     rng = np.random.default_rng(5)
     load_into(ad, {k: (0.3 * rng.normal(size=s)).astype(np.float32) for k, (s, _) in module_shapes(ad).items()}, "r")
     program = _fusion_program()
-    before = program._cache_size()
     first = decode_fusion(lm, ad, codes, num_frames=T - 2)
+    compiled = program._cache_size()  # earlier tests may have compiled other shapes
+    assert compiled >= 1  # decode_fusion ran through this cached program
     second = decode_fusion(lm, ad, (codes + 1) % CFG.card, num_frames=T - 2)
-    assert program._cache_size() == before + 1
+    assert program._cache_size() == compiled
     eager = instruct_fusion(lm, ad, append_special(codes, CFG.special_token)[:, :, : T - 1], clamp=T - 3)
     assert first.clamp == eager.clamp == T - 3
     for name in ("q", "k", "v", "gate", "q_a", "v_b"):

@@ -115,6 +115,8 @@ def decode_fusion(
     cond_ext = append_special(cond_codes, lm.cfg.special_token)[:, :, : N + 1]
     lm_def, lm_state = nnx.split(lm)
     ad_def, ad_state = nnx.split(adapters)
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((cond_ext, lm_state, ad_state))):
+        return instruct_fusion(lm, adapters, cond_ext, clamp=N - 1)  # inside a caller's jit: part of its program
     return _fusion_program()(lm_def, lm_state, ad_def, ad_state, cond_ext, clamp=N - 1)
 
 
