@@ -64,7 +64,8 @@ def device_line() -> str:
 
 
 def matrix_flops(jitted: Callable, *args) -> float:
-    """FLOPs of the dot and convolution ops of `jitted(*args)`'s compiled program, every loop body times
+    """FLOPs of the dot and convolution ops of `jitted(*args)`'s compiled program (`jitted`: a jax.jit or
+    imgen_jax.xla.jit_method function, anything with `.lower`), every loop body times
     its trip count (imgen_jax.train.plan.analyse_hlo; XLA's cost_analysis would count a loop body once)."""
     from imgen_jax.train.plan import analyse_hlo
 

@@ -42,13 +42,10 @@ from _common import device_line, floor_lines, matmul_rates, matrix_flops, timed_
 def flops_per_clip(model, method, batch: int, samples: int) -> float:
     """Matrix FLOPs per clip of `method(model, wav [batch, samples])` as the JAX side compiles it."""
     import jax.numpy as jnp
-    from flax import nnx
 
-    from imgen_jax.xla import jit
+    from imgen_jax.xla import jit_method
 
-    graphdef, state = nnx.split(model)
-    run = jit(lambda st, x: method(nnx.merge(graphdef, st), x))
-    return matrix_flops(run, state, jnp.zeros((batch, samples), jnp.float32)) / batch
+    return matrix_flops(jit_method(model, method), jnp.zeros((batch, samples), jnp.float32)) / batch
 
 
 def load_line(when: str) -> str:

@@ -77,13 +77,7 @@ def main() -> None:
     print(f"jax compile (first call): {compile_s:.2f} s")
     print(f"torch forward: {t_torch * 1000:.1f} ms (median of {args.repeats}, sides alternated)")
     print(f"jax forward:   {t_jax * 1000:.1f} ms (median of {args.repeats}, sides alternated)")
-    from flax import nnx
-
-    from imgen_jax.xla import jit
-
-    graphdef, state = nnx.split(lm)
-    flops = matrix_flops(jit(lambda st, seq, memory: nnx.merge(graphdef, st)(seq, memory)), state, j_seq, j_mem)
-    for line in floor_lines(flops, matmul_rates(), t_jax, t_torch):
+    for line in floor_lines(matrix_flops(forward, j_seq, j_mem), matmul_rates(), t_jax, t_torch):
         print(line)
     print(f"speedup: {t_torch / t_jax:.2f}")
 

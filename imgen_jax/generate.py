@@ -285,15 +285,9 @@ def _decode_program(graphdef, state, memory, text_mask, template, n_steps, key, 
     return (seq, logit_buf) if static.return_logits else seq
 
 
-_JITS: dict = {}
-
-
 def _run_compiled(args, static, lower_only: bool = False):
     """Call (or only compile) the decode program, jitted once per backend with `imgen_jax.xla` options."""
-    backend = jax.default_backend()
-    if backend not in _JITS:
-        _JITS[backend] = xla.jit(_decode_program, static_argnames=("graphdef", "static"), donate_argnames=("template",))
-    fn = _JITS[backend]
+    fn = xla.backend_jit(_decode_program, static_argnames=("graphdef", "static"), donate_argnames=("template",))
     return fn.lower(*args, static=static).compile() if lower_only else fn(*args, static=static)
 
 

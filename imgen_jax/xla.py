@@ -34,14 +34,32 @@ def jit(fun: Callable, **kwargs: Any) -> Callable:
     return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
 
 
+_BACKEND_JITS: dict = {}
+
+
+def backend_jit(fun: Callable, **kwargs: Any) -> Callable:
+    """`jit(fun, **kwargs)` made once per (fun, kwargs, default backend) and kept: for module-level programs
+    called again and again (the decode, the audio-fusion pass), so their compiled executables are reused.
+    kwargs must be hashable (tuples, not lists)."""
+    key = (fun, tuple(sorted(kwargs.items())), jax.default_backend())
+    if key not in _BACKEND_JITS:
+        _BACKEND_JITS[key] = jit(fun, **kwargs)
+    return _BACKEND_JITS[key]
+
+
 def jit_method(module, fn: Callable) -> Callable:
     """`fn(module, *arrays)` as one jitted program over the module's state, split once.
 
     The module's parameters are passed as jit arguments (not baked in as constants), so the
-    compiled program is reused for any weights of the same shapes.
+    compiled program is reused for any weights of the same shapes. `.lower(*arrays)` lowers that program.
     """
     from flax import nnx
 
     graphdef, state = nnx.split(module)
     run = jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
-    return lambda *args: run(state, *args)
+
+    def call(*args):
+        return run(state, *args)
+
+    call.lower = lambda *args: run.lower(state, *args)  # the same program, e.g. to read its compiled HLO
+    return call

@@ -120,19 +120,14 @@ def decode_fusion(
     return _fusion_program()(lm_def, lm_state, ad_def, ad_state, cond_ext, clamp=N - 1)
 
 
-_FUSION_JITS: dict = {}
+def _fusion_pass(lm_def, lm_state, ad_def, ad_state, cond_ext, clamp):
+    return instruct_fusion(nnx.merge(lm_def, lm_state), nnx.merge(ad_def, ad_state), cond_ext, clamp=clamp)
 
 
 def _fusion_program():
-    """`instruct_fusion` as one compiled program per backend (imgen_jax.xla options), cached across calls: run
+    """`instruct_fusion` as one compiled program per backend (imgen_jax.xla options), kept across calls: run
     eagerly, its layer scan would be compiled again on every call (a new closure each time)."""
-    backend = jax.default_backend()
-    if backend not in _FUSION_JITS:
-        def program(lm_def, lm_state, ad_def, ad_state, cond_ext, clamp):
-            return instruct_fusion(nnx.merge(lm_def, lm_state), nnx.merge(ad_def, ad_state), cond_ext, clamp=clamp)
-
-        _FUSION_JITS[backend] = xla.jit(program, static_argnames=("lm_def", "ad_def", "clamp"))
-    return _FUSION_JITS[backend]
+    return xla.backend_jit(_fusion_pass, static_argnames=("lm_def", "ad_def", "clamp"))
 
 
 __all__ = [
