@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 
-from _common import device_line, timed_once
+from _common import device_line, load_average, timed_once
 
 
 def main() -> None:
@@ -41,8 +41,7 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     print(device_line(), f"| torch {torch.__version__} threads {torch.get_num_threads()}")
-    print("load average at start (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-          + "  (other processes on the machine slow both sides, PyTorch's threads usually more)")
+    print(load_average(), "at start (other processes on the machine slow both sides, PyTorch's threads usually more)")
     hf_cfg = HFEncodecConfig(
         sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128, upsampling_ratios=[8, 5, 4, 4],
         codebook_size=2048, target_bandwidths=[2.2], num_lstm_layers=2, normalize=False, use_causal_conv=False,
@@ -120,7 +119,7 @@ def main() -> None:
     audio_j = np.asarray(jax_decode(jnp.asarray(codes_t_np, jnp.int32)))
     print(f"parity: codes equal {float((codes_np == codes_t_np).mean()) * 100:.2f}%, decoded audio max |diff| "
           f"{float(np.abs(audio_j - audio_t).max()):.2e} (max |audio| {float(np.abs(audio_t).max()):.2e})")
-    print("load average at end (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(load_average(), "at end")
     print(f"speedup: {torch_total / jax_total:.2f}")
 
 

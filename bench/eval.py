@@ -36,7 +36,7 @@ import statistics
 import tempfile
 import time
 
-from _common import device_line, floor_lines, matmul_rates, matrix_flops, timed_once
+from _common import device_line, floor_lines, load_average, matmul_rates, matrix_flops, timed_once
 
 
 def flops_per_clip(model, method, batch: int, samples: int) -> float:
@@ -46,10 +46,6 @@ def flops_per_clip(model, method, batch: int, samples: int) -> float:
     from imgen_jax.xla import jit_method
 
     return matrix_flops(jit_method(model, method), jnp.zeros((batch, samples), jnp.float32)) / batch
-
-
-def load_line(when: str) -> str:
-    return f"load average at {when} (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def vggish_sides(clips16, batch: int, tmp: str):
@@ -146,7 +142,7 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     print(device_line(), f"| torch {torch.__version__} threads {torch.get_num_threads()}")
-    print(load_line("start") + "  (other processes on the machine slow both sides)")
+    print(load_average(), "at start (other processes on the machine slow both sides)")
     rng = np.random.default_rng(0)
 
     clap_clips = args.clips if args.clap_clips is None else args.clap_clips
@@ -201,7 +197,7 @@ def main() -> None:
         got = np.concatenate([np.asarray(r).reshape(-1) for r in results[net]["jax"]])
         print(f"  {net:7s} parity: relative error {np.linalg.norm(got - ref) / np.linalg.norm(ref):.2e}")
         fastest[net] = (jax_s, torch_sides[best])
-    print(load_line("end"))
+    print(load_average(), "at end")
     rates = matmul_rates()
     for net, (jax_s, torch_s) in fastest.items():
         # VGGish: the JAX side's Winograd convolutions do fewer FLOPs than torchvggish's direct ones
