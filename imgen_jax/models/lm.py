@@ -157,7 +157,7 @@ class LayerFusion:
       text keys / values: once per decode, before the loop).
     - for_guidance(): the fusion for a classifier-free-guidance batch of 2B rows (the B conditional rows,
       then the B unconditional ones) from the one for B rows. It may keep arrays of B rows that both halves
-      share when its hooks accept 2B-row inputs against them (InstructFusion does: one prefix read per step).
+      share when its hooks accept 2B-row inputs against them (InstructFusion does: one copy of its prefix).
     - for_decoding(heads_major): the fusion as the KV-cached decode wants it, once before the loop;
       heads_major True: the LM's per-layer cache path, whose attention takes keys / values [B,H,T,D].
     """
