@@ -66,10 +66,19 @@ def device_line() -> str:
 def matrix_flops(jitted: Callable, *args) -> float:
     """FLOPs of the dot and convolution ops of `jitted(*args)`'s compiled program (`jitted`: a jax.jit or
     imgen_jax.xla.jit_method function, anything with `.lower`), every loop body times
-    its trip count (imgen_jax.train.plan.analyse_hlo; XLA's cost_analysis would count a loop body once)."""
+    its trip count (imgen_jax.train.plan.analyse_hlo; XLA's cost_analysis would count a loop body once),
+    summed over the devices the program runs on (a partitioned program's HLO is one device's share)."""
+    import re
+
     from imgen_jax.train.plan import analyse_hlo
 
-    return analyse_hlo(jitted.lower(*args).compile().as_text()).flops
+    text = jitted.lower(*args).compile().as_text()
+    header = text.split("\n", 1)[0]
+    devices = 1
+    for field in ("num_partitions", "replica_count"):
+        m = re.search(rf"{field}=(\d+)", header)
+        devices *= int(m.group(1)) if m else 1
+    return analyse_hlo(text).flops * devices
 
 
 def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:

@@ -48,17 +48,20 @@ def decode_weight_shapes(cfg) -> list[tuple[int, int]]:
 
 def matvec_ceiling(shapes: list[tuple[int, int]], rows: int, repeats: int = 5) -> tuple[float, float]:
     """(seconds, GB/s) of the machine's matrix-vector ceiling for a decode step: x [rows, K] @ W [K, N] for
-    every weight shape of the step, one jitted program, float32 (the weights read once per call)."""
+    every weight shape of the step, one jitted program, float32 (the weights read once per call), compiled
+    with the decode program's own XLA options (imgen_jax.xla.jit: XLA's default YNNPACK dots read about 20%
+    slower here, so a plain jax.jit probe would understate the ceiling)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from _common import median_seconds
+    from imgen_jax.xla import jit
 
     rng = np.random.default_rng(0)
     ws = [jnp.asarray(rng.standard_normal((k, n), np.float32)) for k, n in shapes]
     xs = {k: jnp.asarray(rng.standard_normal((rows, k), np.float32)) for k in {k for k, _ in shapes}}
-    probe = jax.jit(lambda xs, ws: [xs[w.shape[0]] @ w for w in ws])
+    probe = jit(lambda xs, ws: [xs[w.shape[0]] @ w for w in ws])
     jax.block_until_ready(probe(xs, ws))
     t = median_seconds(lambda: jax.block_until_ready(probe(xs, ws)), repeats)
     nbytes = sum(4 * k * n for k, n in shapes)
@@ -200,6 +203,10 @@ def main() -> None:
         print(f"batch {B}: decode loop reads {step_bytes / 1e9:.2f} GB of weights per step: {rate:.1f} GB/s; "
               f"matrix-vector ceiling (x [{2 * B}, K] @ W [K, N], the step's weight shapes, one jit): "
               f"{ceiling:.1f} GB/s ({t_probe * 1000:.1f} ms); fraction {rate / ceiling:.2f}  (load average {_load()})")
+        torch_rate = step_bytes * new_tokens / best / 1e9
+        print(f"batch {B}: per step jax {t_jax / new_tokens * 1000:.1f} ms, of which the weight reads at the ceiling "
+              f"{t_probe * 1000:.1f} ms; torch reads its weights at {torch_rate:.1f} GB/s, so a decode at the ceiling "
+              f"would be {ceiling / torch_rate:.2f}x torch")
     t_torch, t_jax = results[args.batch[0]]
     print(f"speedup: {t_torch / t_jax:.2f}")
 
