@@ -37,12 +37,19 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def decode_weight_shapes(cfg) -> list[tuple[int, int]]:
+def decode_weight_shapes(cfg, rows: int | None = None, text_len: int | None = None) -> list[tuple[int, int]]:
     """[K, N] shapes of the weights one decode step reads: per layer the self-attention in/out projections,
     the cross-attention query / out projections (the text keys / values are computed once, before the
-    loop) and the MLP, then the K output heads."""
+    loop) and the MLP, then the K output heads. With rows and text_len: what imgen_jax's decode reads, whose
+    cross-attention is folded with the text when that reads fewer bytes (`models.lm.folds_cross_attention`:
+    then rows x H x L x dim numbers each for the query and out sides, written [dim, rows x H x L])."""
+    from imgen_jax.models.lm import folds_cross_attention
+
     d, f = cfg.dim, cfg.ffn_dim
-    per_layer = [(d, 3 * d), (d, d), (d, d), (d, d), (d, f), (f, d)]
+    cross = [(d, d), (d, d)]
+    if rows is not None and folds_cross_attention(rows, text_len, cfg):
+        cross = [(d, rows * cfg.num_heads * text_len)] * 2
+    per_layer = [(d, 3 * d), (d, d), *cross, (d, f), (f, d)]
     return per_layer * cfg.num_layers + [(d, cfg.card)] * cfg.num_codebooks
 
 
@@ -196,17 +203,19 @@ def main() -> None:
         best = min(t_torch.values())
         results[B] = (best, t_jax)
         print(f"batch {B}: ratio {best / t_jax:.2f} (best torch {best:.2f} s / jax {t_jax:.2f} s)")
-        shapes = decode_weight_shapes(cfg)
+        rows = 2 * B if sampling.cfg else B
+        shapes = decode_weight_shapes(lm.cfg, rows, args.text_len)  # what our decode reads
         step_bytes = sum(4 * k * n for k, n in shapes)
+        torch_bytes = sum(4 * k * n for k, n in decode_weight_shapes(lm.cfg))
         rate = step_bytes * new_tokens / t_jax / 1e9
-        t_probe, ceiling = matvec_ceiling(shapes, 2 * B)
-        print(f"batch {B}: decode loop reads {step_bytes / 1e9:.2f} GB of weights per step: {rate:.1f} GB/s; "
-              f"matrix-vector ceiling (x [{2 * B}, K] @ W [K, N], the step's weight shapes, one jit): "
-              f"{ceiling:.1f} GB/s ({t_probe * 1000:.1f} ms); fraction {rate / ceiling:.2f}  (load average {_load()})")
-        torch_rate = step_bytes * new_tokens / best / 1e9
+        t_probe, ceiling = matvec_ceiling(shapes, rows)
+        print(f"batch {B}: decode loop reads {step_bytes / 1e9:.2f} GB of weights per step (torch "
+              f"{torch_bytes / 1e9:.2f} GB): {rate:.1f} GB/s; matrix-vector ceiling (x [{rows}, K] @ W [K, N], the "
+              f"step's weight shapes, one jit): {ceiling:.1f} GB/s ({t_probe * 1000:.1f} ms); fraction "
+              f"{rate / ceiling:.2f}  (load average {_load()})")
         print(f"batch {B}: per step jax {t_jax / new_tokens * 1000:.1f} ms, of which the weight reads at the ceiling "
-              f"{t_probe * 1000:.1f} ms; torch reads its weights at {torch_rate:.1f} GB/s, so a decode at the ceiling "
-              f"would be {ceiling / torch_rate:.2f}x torch")
+              f"{t_probe * 1000:.1f} ms; torch reads its weights at {torch_bytes * new_tokens / best / 1e9:.1f} GB/s; "
+              f"a decode at the ceiling would be {best / (new_tokens * t_probe):.2f}x torch")
     t_torch, t_jax = results[args.batch[0]]
     print(f"speedup: {t_torch / t_jax:.2f}")
 

@@ -254,6 +254,7 @@ class DecoderLayer(nnx.Module):
         positions: jax.Array | None = None,
         kv_store=None,
         kv_heads_major: bool = False,
+        cross_folded: tuple[jax.Array, jax.Array] | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """One layer. Returns (x [B,S,dim], {"self_attn_out", "cross_attn_out"}: each block's output [B,S,dim]
         after its out_proj, before the residual add).
@@ -263,7 +264,9 @@ class DecoderLayer(nnx.Module):
         `LayerFusion` (or None); positions: None (teacher forcing, queries 0..S-1) or [S] the queries' absolute
         positions, for the fusion. kv_store: None (attend within x) or a function (k, v) [B,S,H,D] -> (keys,
         values) of the whole cache with this chunk written ([B,Smax,H,D], or [B,H,Smax,D] when kv_heads_major):
-        the decode path's cache write, with the q/k/v this layer computed once.
+        the decode path's cache write, with the q/k/v this layer computed once. cross_folded: this layer's
+        `fold_cross_attention` arrays (decode only): the cross-attention then reads them instead of its q / out
+        projections (cross_kv's keys still serve a fusion's query delta).
         """
         h = self.norm1(x)
         q, k, v = self.self_attn.qkv(h)
@@ -278,12 +281,15 @@ class DecoderLayer(nnx.Module):
         x = x + sa_out
 
         h = self.norm_cross(x)
-        cq = self.cross_attn.q_proj(h)
-        dq = None if fusion is None else fusion.cross_query_delta(h.astype(cq.dtype))
-        if dq is not None:
-            cq = cq + dq.astype(cq.dtype)
-        y = attention(cq.reshape(B, S, self.cross_attn.num_heads, -1), cross_kv[0], cross_kv[1], cross_bias)
-        ca_out = self.cross_attn.out_proj(y.reshape(B, S, -1))
+        if cross_folded is not None:
+            ca_out = folded_cross_attention(h, cross_folded, cross_kv[0], cross_bias, fusion)
+        else:
+            cq = self.cross_attn.q_proj(h)
+            dq = None if fusion is None else fusion.cross_query_delta(h.astype(cq.dtype))
+            if dq is not None:
+                cq = cq + dq.astype(cq.dtype)
+            y = attention(cq.reshape(B, S, self.cross_attn.num_heads, -1), cross_kv[0], cross_kv[1], cross_bias)
+            ca_out = self.cross_attn.out_proj(y.reshape(B, S, -1))
         x = x + ca_out
 
         x = x + self.mlp(self.norm2(x))
@@ -303,6 +309,7 @@ class KVCache(NamedTuple):
     cross_bias: jax.Array | None
     pos: jax.Array
     layer_states: tuple | None = None  # per-layer cache only: each layer's weights, sliced once (init_cache)
+    cross_folded: tuple | None = None  # per-layer cache only: each layer's fold_cross_attention arrays, or None
 
 
 def text_key_bias(mask: jax.Array | None) -> jax.Array | None:
@@ -310,6 +317,46 @@ def text_key_bias(mask: jax.Array | None) -> jax.Array | None:
     if mask is None:
         return None
     return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :]
+
+
+def fold_cross_attention(layer: "DecoderLayer", k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One layer's cross-attention folded with its text keys / values, for a decode whose text is fixed:
+    k, v [B,L,H,D] -> (qk [B,dim,H,L] = q_proj's kernel times the keys, scaled by 1/sqrt(D); vo [B,H,L,dim] = the
+    values times out_proj's kernel). A step then reads these instead of the two [dim, dim] kernels: fewer bytes
+    when B * H * L < dim (`folds_cross_attention`), e.g. 2 x 16 x 12 < 1024 for a short prompt under CFG."""
+    H, D = k.shape[2], k.shape[3]
+    dtype = layer.cross_attn.q_proj.dtype
+    wq = layer.cross_attn.q_proj.kernel[...].astype(dtype)
+    wo = layer.cross_attn.out_proj.kernel[...].astype(dtype)
+    qk = jnp.einsum("dhe,blhe->bdhl", wq.reshape(wq.shape[0], H, D), k.astype(dtype)) * (1.0 / math.sqrt(D))
+    vo = jnp.einsum("blhe,hed->bhld", v.astype(dtype), wo.reshape(H, D, wo.shape[1]))
+    return qk, vo
+
+
+def folds_cross_attention(batch: int, text_len: int, cfg: "LMConfig") -> bool:
+    """Whether a decode of `batch` rows over `text_len` text tokens reads fewer bytes per step with the
+    cross-attention folded (`fold_cross_attention`: 2 x batch x H x L x dim) than with its q / out kernels
+    (2 x dim x dim)."""
+    return batch * cfg.num_heads * text_len < cfg.dim
+
+
+def folded_cross_attention(h: jax.Array, folded: tuple[jax.Array, jax.Array], k: jax.Array, bias: jax.Array | None,
+                           fusion: "LayerFusion | None") -> jax.Array:
+    """The cross-attention block's output [B,S,dim] (out_proj included) from its normed input h [B,S,dim] and
+    `fold_cross_attention`'s (qk, vo); k [B,L,H,D] the text keys, for a fusion's query delta; bias [B,1,1,L]
+    or None. Same result as the unfolded block up to float rounding (the products are associated differently)."""
+    qk, vo = folded
+    B, S = h.shape[:2]
+    H, D = k.shape[2], k.shape[3]
+    logits = jnp.einsum("bsd,bdhl->bhsl", h.astype(qk.dtype), qk)
+    dq = None if fusion is None else fusion.cross_query_delta(h.astype(qk.dtype))
+    if dq is not None:
+        logits = logits + jnp.einsum("bshe,blhe->bhsl", dq.astype(k.dtype).reshape(B, S, H, D), k) * (1.0 / math.sqrt(D))
+    logits = logits.astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias
+    probs = jax.nn.softmax(logits, axis=-1).astype(vo.dtype)
+    return jnp.einsum("bhsl,bhld->bsd", probs, vo)
 
 
 REMAT = {  # rematerialisation policies of a scanned layer body (`remat_body`)
@@ -488,7 +535,7 @@ class MusicGenLM(nnx.Module):
     # ---- KV-cached decoding -------------------------------------------------------------------
     def init_cache(
         self, batch: int, max_len: int, memory: jax.Array, text_mask: jax.Array | None,
-        fusion: LayerFusion | None = None, per_layer: bool = False,
+        fusion: LayerFusion | None = None, per_layer: bool = False, fold_cross: bool | None = None,
     ) -> KVCache:
         """Empty self-attention cache of `max_len` steps plus the text keys/values computed once.
 
@@ -496,22 +543,27 @@ class MusicGenLM(nnx.Module):
         per_layer: one heads-major [B, H, max_len, D] key and value buffer per layer instead of one stacked
         [layers, B, max_len, H, D] buffer, and each layer's weights sliced out of the stack once, here
         (`layer_states`; a second copy of the layer weights while the cache lives); `extend` then runs the
-        layers unrolled (see there)."""
+        layers unrolled (see there). fold_cross (per-layer cache only): fold each layer's cross-attention with
+        the text keys / values once, here (`fold_cross_attention`); None: when that reads fewer bytes per step
+        (`folds_cross_attention`)."""
         cfg = self.cfg
         ck, cv = self.cross_kv(memory, fusion)
-        layer_states = None
+        layer_states = folded = None
         if per_layer:
             shape = (batch, cfg.num_heads, max_len, cfg.head_dim)
             k = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
             v = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
-            _, stacked = nnx.split(self.layers)
+            g, stacked = nnx.split(self.layers)
             layer_states = layer_slices(stacked, cfg.num_layers)
+            if folds_cross_attention(batch, memory.shape[1], cfg) if fold_cross is None else fold_cross:
+                folded = tuple(fold_cross_attention(nnx.merge(g, layer_states[i]), ck[i], cv[i])
+                               for i in range(cfg.num_layers))
         else:
             shape = (cfg.num_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
             k, v = jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
         return KVCache(
             k=k, v=v, cross_k=ck, cross_v=cv, cross_bias=text_key_bias(text_mask), pos=jnp.zeros((), jnp.int32),
-            layer_states=layer_states,
+            layer_states=layer_states, cross_folded=folded,
         )
 
     def extend(self, seq: jax.Array, cache: KVCache, fusion: LayerFusion | None = None) -> tuple[jax.Array, KVCache]:
@@ -548,7 +600,8 @@ class MusicGenLM(nnx.Module):
 
                 layer = nnx.merge(g, cache.layer_states[i])
                 x, _ = layer(x, bias, (cache.cross_k[i], cache.cross_v[i]), cache.cross_bias, _layer(fusion, i), qpos,
-                             store, kv_heads_major=True)
+                             store, kv_heads_major=True,
+                             cross_folded=None if cache.cross_folded is None else cache.cross_folded[i])
             return self.project_heads(x), cache._replace(k=tuple(kc), v=tuple(vc), pos=pos0 + S)
 
         def body(carry, xs):  # stacked buffers [layers,B,Smax,H,D] carried through the scan, written in place
