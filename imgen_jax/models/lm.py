@@ -555,7 +555,9 @@ class MusicGenLM(nnx.Module):
             v = tuple(jnp.zeros(shape, self.dtype) for _ in range(cfg.num_layers))
             g, stacked = nnx.split(self.layers)
             layer_states = layer_slices(stacked, cfg.num_layers)
-            if folds_cross_attention(batch, memory.shape[1], cfg) if fold_cross is None else fold_cross:
+            if fold_cross is None:
+                fold_cross = folds_cross_attention(batch, memory.shape[1], cfg)
+            if fold_cross:
                 folded = tuple(fold_cross_attention(nnx.merge(g, layer_states[i]), ck[i], cv[i])
                                for i in range(cfg.num_layers))
         else:
