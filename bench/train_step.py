@@ -7,11 +7,16 @@ constant lr). EnCodec and T5 are EXCLUDED on both sides: the inputs are the targ
 [B, K, T] and the projected text memory [B, L, dim] with its padding mask.
 
 JAX side: `imgen_jax.train.step.codes_loss_and_grads` + `apply_update` (what `train.py`'s step runs
-after EnCodec and T5) under one jit, parameters and optimizer state donated. PyTorch side: a compact
+after EnCodec and T5) under one jit, parameters and optimizer state donated, compiled twice: with the
+layers as a loop (`model.unroll_layers` False, the default) and unrolled (True). PyTorch side: a compact
 eager re-implementation in this file (SDPA attention, autograd, torch.optim.AdamW), loaded with the
-same weights; before timing, the script asserts both sides give the same loss before and after one
-update (relative difference <= 1e-4). Then the bound the step's matrix work puts on the ratio
-(`_common.floor_lines`: its dot FLOPs at the fp32 matmul rate measured in the same run). Last line: `speedup: X.XX` (PyTorch step time / JAX step time).
+same weights. A third JAX program, "plain jnp", is the PyTorch side's code written line for line in jax.numpy
+(per-layer weight arrays, Python loops, jax.value_and_grad, optax.adamw) under the same jit: what XLA:CPU
+makes of the step's math without this project's structure (stacked layers, fusion hooks), to tell the cost of
+that structure from the compiler's. Before timing, the script asserts every side gives the same loss before
+and after one update (relative difference <= 1e-4); all sides then run in turns. Then the bound the step's
+matrix work puts on the ratio (`_common.floor_lines`: its dot FLOPs at the fp32 matmul rate measured in the
+same run). Last line: `speedup: X.XX` (PyTorch step time / the faster of our two programs' step time).
 
     python bench/train_step.py [--dim 512 --layers 6 --heads 8 --card 1024 --batch 4 --frames 150 --repeats 5]
 """
@@ -127,6 +132,110 @@ def torch_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd):
     return step, loss_only
 
 
+def plain_jax_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd, inputs):
+    """() -> loss float: one step of `torch_step_fn`'s code written in jax.numpy, jitted, state donated."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from imgen_jax.xla import jit
+
+    D, H, L, K = cfg.dim, cfg.num_heads, cfg.num_layers, cfg.num_codebooks
+    Dh, start, scale, special, eps = D // H, fcfg.start_layer, fcfg.lora_scaling, cfg.special_token, cfg.layer_norm_eps
+    # the frozen weights as one array per layer, made once here: nothing is sliced inside the program
+    frozen = {k: (tuple(jnp.asarray(v[i]) for i in range(L)) if k.startswith("layers/") else jnp.asarray(v))
+              for k, v in lm_flat.items()}
+
+    def ln(x, W, name, i=None):
+        s, b = (W[f"{name}/scale"], W[f"{name}/bias"]) if i is None else (W[f"{name}/scale"][i], W[f"{name}/bias"][i])
+        m = x.mean(-1, keepdims=True)
+        return (x - m) * jax.lax.rsqrt(jnp.square(x - m).mean(-1, keepdims=True) + eps) * s + b
+
+    def heads(x):  # [B, S, D] -> [B, S, H, Dh]
+        return x.reshape(x.shape[0], x.shape[1], H, Dh)
+
+    def sdpa(q, k, v, causal=False, key_mask=None):  # [B, S, H, Dh] each
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(Dh)
+        if causal:
+            logits = jnp.where(jnp.tril(jnp.ones(logits.shape[-2:], bool)), logits, -jnp.inf)
+        if key_mask is not None:
+            logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
+        return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
+
+    def loss_fn(P, W, tgt, cond, memory, key_mask):
+        B, _, T = tgt.shape
+        lin = lambda name, i: W[f"layers/{name}/kernel"][i]  # noqa: E731
+
+        def mlp(x, i):
+            return jax.nn.gelu(x @ lin("linear1", i), approximate=False) @ lin("linear2", i)
+
+        def embed(codes):
+            return sum(jnp.take(W["emb"][k], codes[:, k], axis=0) for k in range(K))
+
+        c = embed(jnp.concatenate([cond, jnp.full((B, K, 1), special, cond.dtype)], -1))
+        Tc = T + 1
+        pos = P["pos_emb"][:, :Tc]
+        o, pre = jnp.broadcast_to(pos[0], (B, Tc, D)), []
+        for j in range(fcfg.adapter_layers):
+            i = start + j
+            h = ln(o, W, "layers/norm1", i) + (c @ P["merge_linear"][j] + pos[j + 1])
+            q, k, v = (heads(a) for a in jnp.split(h @ lin("self_attn/in_proj", i), 3, -1))
+            o = o + sdpa(q, k, v, causal=True).reshape(B, Tc, D) @ lin("self_attn/out_proj", i)
+            o = o + mlp(ln(o, W, "layers/norm2", i), i)
+            pre.append((q, k, v))
+        S = T + 1
+        seq = jnp.full((B, K, S), special, tgt.dtype)
+        for k in range(K):
+            if S - 1 - k > 0:
+                seq = seq.at[:, k, 1 + k:].set(tgt[:, k, : S - 1 - k])
+        half = D // 2
+        inv = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
+        ph = jnp.arange(S, dtype=jnp.float32)[:, None] * inv
+        x = embed(seq) + jnp.concatenate([jnp.cos(ph), jnp.sin(ph)], -1)[None]
+        for i in range(L):
+            q, k, v = (heads(a) for a in jnp.split(ln(x, W, "layers/norm1", i) @ lin("self_attn/in_proj", i), 3, -1))
+            y = sdpa(q, k, v, causal=True)
+            if i >= start:
+                qj, kj, vj = pre[i - start]
+                y = y + P["gates"][i - start] * sdpa(q + qj, kj, vj)
+            x = x + y.reshape(B, S, D) @ lin("self_attn/out_proj", i)
+            h = ln(x, W, "layers/norm_cross", i)
+            cq = h @ lin("cross_attn/q_proj", i) + scale * ((h @ P["lora_q/a"][i]) @ P["lora_q/b"][i])
+            ck, cv = jnp.split(memory @ lin("cross_attn/kv_proj", i), 2, -1)
+            cv = cv + scale * ((memory @ P["lora_v/a"][i]) @ P["lora_v/b"][i])
+            y = sdpa(heads(cq), heads(ck), heads(cv), key_mask=key_mask)
+            x = x + y.reshape(B, S, D) @ lin("cross_attn/out_proj", i)
+            x = x + mlp(ln(x, W, "layers/norm2", i), i)
+        h = ln(x, W, "out_norm")
+        total, count = 0.0, 0
+        for k in range(K):
+            n = T - k
+            if n > 0:
+                logits = h[:, k:k + n] @ W["heads"][k]
+                total = total + optax.softmax_cross_entropy_with_integer_labels(logits, tgt[:, k, :n]).sum()
+                count += B * n
+        return total / count
+
+    optimizer = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
+
+    def step(P, opt_state, W, *batch):
+        loss, grads = jax.value_and_grad(loss_fn)(P, W, *batch)
+        updates, opt_state = optimizer.update(grads, opt_state, P)
+        return optax.apply_updates(P, updates), opt_state, loss
+
+    step_j = jit(step, donate_argnums=(0, 1))
+    tgt, cond, memory, mask = inputs
+    batch = (jnp.asarray(tgt), jnp.asarray(cond), jnp.asarray(memory), jnp.asarray(mask.astype(bool)))
+    P = {k: jnp.array(v) for k, v in ad_flat.items()}
+    state = {"P": P, "o": optimizer.init(P)}
+
+    def run():
+        state["P"], state["o"], loss = step_j(state["P"], state["o"], frozen, *batch)
+        return float(loss)
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dim", type=int, default=512)
@@ -211,48 +320,65 @@ def main() -> None:
         p = jax.device_put(jax.tree.map(jnp.array, params0), rep)
         return p, jax.device_put(optimizer.init(p), rep)
 
-    def jax_step(params, opt_state, lm_state, tgt, cond, memory, mask):
-        loss, grads = codes_loss_and_grads(nnx.merge(lm_def, lm_state), ad_def, params, tgt, cond, memory, mask)
-        params, opt_state = apply_update(optimizer, params, opt_state, grads)
-        return params, opt_state, loss
+    def jax_step_fn(unroll_layers: bool):
+        def jax_step(params, opt_state, lm_state, tgt, cond, memory, mask):
+            lm = nnx.merge(lm_def, lm_state)
+            lm.unroll_layers = unroll_layers  # what train.py's step sets from config.model.unroll_layers
+            loss, grads = codes_loss_and_grads(lm, ad_def, params, tgt, cond, memory, mask)
+            params, opt_state = apply_update(optimizer, params, opt_state, grads)
+            return params, opt_state, loss
 
-    step_j = jit(jax_step, donate_argnums=(0, 1))
+        step_j = jit(jax_step, donate_argnums=(0, 1))
+        state = dict(zip("po", fresh()))
+
+        def run():
+            state["p"], state["o"], loss = step_j(state["p"], state["o"], *j_in)
+            return float(loss)
+
+        compile_s = timed_once(run)
+        state["p"], state["o"] = fresh()  # restart from the initial state for the parity check
+        return run, compile_s, (run(), run()), lambda: matrix_flops(step_j, state["p"], state["o"], *j_in)
+
     j_in = (jax.device_put(lm_state, rep),) + tuple(jax.device_put(jnp.asarray(a), rows) for a in (tgt, cond, memory, mask))
-    state = dict(zip("po", fresh()))
-
-    def run_jax():
-        state["p"], state["o"], loss = step_j(state["p"], state["o"], *j_in)
-        return float(loss)
-
-    compile_s = timed_once(run_jax)
-    state["p"], state["o"] = fresh()  # restart from the initial state for the parity check
-    jl1, jl2 = run_jax(), run_jax()
+    ours = {"jax (layer loop)": jax_step_fn(False), "jax (unrolled layers)": jax_step_fn(True)}
+    run_plain = plain_jax_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd, (tgt, cond, memory, mask))
+    compile_plain = timed_once(run_plain)
+    run_plain = plain_jax_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd, (tgt, cond, memory, mask))  # fresh state
+    losses = {name: side[2] for name, side in ours.items()}
+    losses["plain jnp"] = (run_plain(), run_plain())
 
     # ---- PyTorch
     t_step, _ = torch_step_fn(lm_flat, ad_flat, cfg, fcfg, lr, wd)
     t_in = (torch.from_numpy(tgt).long(), torch.from_numpy(cond).long(), torch.from_numpy(memory), torch.from_numpy(mask))
-    tl1, tl2 = t_step(*t_in), t_step(*t_in)
-    for what, a, b in (("loss before the update", jl1, tl1), ("loss after one AdamW update", jl2, tl2)):
-        rel = abs(a - b) / abs(b)
-        print(f"{what}: jax {a:.6f} torch {b:.6f} (rel diff {rel:.1e})")
-        assert rel <= 1e-4, f"{what}: the two implementations disagree ({rel:.2e})"
+    tl = (t_step(*t_in), t_step(*t_in))
+    for name, jl in losses.items():
+        for what, a, b in (("loss before the update", jl[0], tl[0]), ("loss after one AdamW update", jl[1], tl[1])):
+            rel = abs(a - b) / abs(b)
+            print(f"{what}: {name} {a:.6f} torch {b:.6f} (rel diff {rel:.1e})")
+            assert rel <= 1e-4, f"{what}: {name} and torch disagree ({rel:.2e})"
 
     print(load_average(), "at start")
-    med = alternate({"torch": lambda: t_step(*t_in), "jax": run_jax}, args.repeats)
-    t_torch, t_jax = med["torch"], med["jax"]
+    sides = {"torch": lambda: t_step(*t_in), **{name: side[0] for name, side in ours.items()}, "plain jnp": run_plain}
+    med = alternate(sides, args.repeats)
+    best = min(ours, key=med.get)
+    t_torch, t_jax = med["torch"], med[best]
     tokens = B * K * T
     n_ad = sum(v.size for v in ad_flat.values())
     n_lm = sum(v.size for v in lm_flat.values())
     print(f"shape: LM {args.layers} layers x {args.dim} ({args.heads} heads, card {args.card}, {n_lm / 1e6:.1f}M frozen), "
           f"adapters {n_ad / 1e6:.2f}M trainable (fusion on all layers, LoRA r {args.lora_r}); batch {B} x {T} frames, "
           f"text {L}; EnCodec and T5 excluded on both sides")
-    print(f"jax compile (first call): {compile_s:.2f} s; {args.host_devices} host device(s), batch split over them")
-    print(f"torch step: {t_torch * 1000:.1f} ms = {1 / t_torch:.2f} steps/s, {tokens / t_torch:.0f} tokens/s (median of {args.repeats}, sides alternated)")
-    print(f"jax step:   {t_jax * 1000:.1f} ms = {1 / t_jax:.2f} steps/s, {tokens / t_jax:.0f} tokens/s (median of {args.repeats}, sides alternated)")
+    compiles = ", ".join(f"{name} {side[1]:.2f} s" for name, side in ours.items())
+    print(f"jax compile (first call): {compiles}, plain jnp {compile_plain:.2f} s; {args.host_devices} host device(s), "
+          "batch split over them (plain jnp: one device)")
+    for name, t in med.items():
+        ratio = "" if name == "torch" else f"; torch / it = {t_torch / t:.2f}x"
+        print(f"{name + ' step:':28s} {t * 1000:.1f} ms = {1 / t:.2f} steps/s, {tokens / t:.0f} tokens/s "
+              f"(median of {args.repeats}, sides alternated{ratio})")
     print(load_average(), "at end")
-    for line in floor_lines(matrix_flops(step_j, state["p"], state["o"], *j_in), matmul_rates(), t_jax, t_torch):
+    for line in floor_lines(ours[best][3](), matmul_rates(), t_jax, t_torch, what=best):
         print(line)
-    print(f"speedup: {t_torch / t_jax:.2f}")
+    print(f"speedup: {t_torch / t_jax:.2f} ({best})")
 
 
 if __name__ == "__main__":

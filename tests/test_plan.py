@@ -200,9 +200,10 @@ def _tiny_lm_and_adapters():
     return cfg, lm, ad_def, params
 
 
-@pytest.mark.parametrize("remat", ["dots", "full"])
-def test_remat_gives_the_same_loss_and_gradients(remat):
-    """Rematerialising the LM's and the fusion pass's layer scans changes no value (tolerance 1e-6)."""
+@pytest.mark.parametrize("remat,unroll", [("dots", False), ("full", False), ("none", True), ("full", True)])
+def test_remat_and_unrolling_give_the_same_loss_and_gradients(remat, unroll):
+    """Rematerialising the LM's and the fusion pass's layer scans, or unrolling them, changes no value
+    (tolerance 1e-6); unrolled, the program has no layer loop left."""
     from imgen_jax.instruct import instruct_loss
 
     cfg, lm, ad_def, params = _tiny_lm_and_adapters()
@@ -212,15 +213,19 @@ def test_remat_gives_the_same_loss_and_gradients(remat):
     mem = jax.random.normal(k[2], (2, 5, cfg.dim))
     lm_def, lm_state = nnx.split(lm)
 
-    def value_and_grads(mode):
+    def value_and_grads(mode, unrolled=False):
         def f(p, s):
             m = nnx.merge(lm_def, s)
-            m.remat = mode
+            m.remat, m.unroll_layers = mode, unrolled
             return instruct_loss(m, nnx.merge(ad_def, p), tgt, cond, mem, None)
 
-        return jax.jit(jax.value_and_grad(f))(params, lm_state)
+        fn = jax.jit(jax.value_and_grad(f))
+        loops = fn.lower(params, lm_state).as_text().count("stablehlo.while")
+        return fn(params, lm_state), loops
 
-    (l0, g0), (l1, g1) = value_and_grads("none"), value_and_grads(remat)
+    ((l0, g0), loops0), ((l1, g1), loops1) = value_and_grads("none"), value_and_grads(remat, unroll)
+    assert loops0 >= 4  # the LM's and the fusion pass's layer loops, forward and backward
+    assert loops1 == (0 if unroll else loops0)
     assert abs(float(l1) - float(l0)) <= 1e-6
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=0)
@@ -267,6 +272,11 @@ def test_config_validates_the_new_fields():
     c.model.remat, c.model.base_size = "full", "huge"
     with pytest.raises(ImgenError, match="model.base_size"):
         validate(c)
+    from imgen_jax.train.step import step_options
+
+    c.model.base_size, c.model.unroll_layers = "", True
+    validate(c)
+    assert step_options(c).unroll_layers is True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,7 +55,7 @@ from flax import nnx
 from imgen_jax.axes import param
 from imgen_jax.configs import config_from_dict, config_to_dict
 from imgen_jax.errors import ImgenError
-from imgen_jax.models.lm import NEG_INF, LayerFusion, LMConfig, MusicGenLM, attention, remat_body
+from imgen_jax.models.lm import NEG_INF, LayerFusion, LMConfig, MusicGenLM, attention, scan_layers
 
 COMPONENT = "adapters"
 MODES = ("both", "audio", "text")  # FusionConfig.mode: audio fusion + LoRA, audio fusion only, LoRA only
@@ -221,7 +221,7 @@ def audio_fusion_pass(
         o = o + layer.mlp(layer.norm2(o))
         return o, ((q, k, v), {"cond": cond, "o_out": o} if trace else None)
 
-    _, ((q, k, v), per_layer) = jax.lax.scan(remat_body(body, lm.remat), o, (s_adapted, merge, pos[1:]))
+    _, ((q, k, v), per_layer) = scan_layers(body, o, (s_adapted, merge, pos[1:]), lm.remat, lm.unroll_layers)
     gate = adapters.gates[...]
     if start:
         pad = [(start, 0)] + [(0, 0)] * 4

@@ -156,18 +156,21 @@ class StepOptions:
     probability that a micro-batch trains with the null text (every description None: all-zero memory), the
     official classifier-free-guidance dropout of the LM in train mode. seed: of the dropout draws
     (fold_in(seed, update, micro-batch)). remat: rematerialisation of the scanned layer bodies of the LM and
-    of the audio-fusion pass ("none" | "dots" | "full", `imgen_jax.models.lm.remat_body`)."""
+    of the audio-fusion pass ("none" | "dots" | "full", `imgen_jax.models.lm.remat_body`). unroll_layers: those
+    passes with every layer emitted instead of a layer loop (`imgen_jax.models.lm.scan_layers`)."""
 
     mask_text_padding: bool = True
     grad_accum: int = 1
     text_dropout: float = 0.0
     seed: int = 0
     remat: str = "none"
+    unroll_layers: bool = False
 
 
 def step_options(config: ml_collections.ConfigDict) -> StepOptions:
     return StepOptions(bool(config.model.mask_text_padding), int(config.train.grad_accum),
-                       float(config.model.text_dropout), int(config.seed), str(config.model.get("remat", "none")))
+                       float(config.model.text_dropout), int(config.seed), str(config.model.get("remat", "none")),
+                       bool(config.model.get("unroll_layers", False)))
 
 
 @dataclasses.dataclass
@@ -226,6 +229,7 @@ def make_steps(base: BaseModels, ad_def: Any, optimizer: optax.GradientTransform
     def encode(frozen: dict, batch: dict):
         lm = nnx.merge(base.lm_def, frozen["lm"])
         lm.remat = options.remat  # the training forward's layer scans (MusicGenLM.hidden, fusion.audio_fusion_pass)
+        lm.unroll_layers = options.unroll_layers
         encodec = nnx.merge(base.encodec_def, frozen["encodec"])
         t5 = nnx.merge(base.t5_def, frozen["t5"])
         batch = jax.tree.map(on_batch, batch)
