@@ -19,6 +19,7 @@ Three entry points share one layer body:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -107,8 +108,36 @@ class Dense(nnx.Module):
         return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last axis of x [..., dim] (float32; scale, bias [dim]).
+
+    Its gradient is written out (`_layer_norm_bwd`): autodiff of the statistics gives XLA a chain of reduces and
+    broadcasts that it fuses into slow per-element code on CPU (a probe of 12 pre-norm blocks [604, 512],
+    forward + backward: 112 -> 88 ms); the values are the same to float32 rounding."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    centred = x - x.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
+    normed = centred * rstd
+    return normed * scale + bias, (normed, rstd, scale)
+
+
+def _layer_norm_bwd(eps, residuals, dy):
+    normed, rstd, scale = residuals
+    g = dy * scale
+    dx = rstd * (g - g.mean(-1, keepdims=True) - normed * (g * normed).mean(-1, keepdims=True))
+    lead = tuple(range(dy.ndim - 1))
+    return dx, (dy * normed).sum(lead).astype(scale.dtype), dy.sum(lead).astype(scale.dtype)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class LayerNorm(nnx.Module):
-    """LayerNorm with scale and bias [dim] (logical axis `embed`), statistics in float32."""
+    """LayerNorm with scale and bias [dim] (logical axis `embed`), statistics in float32 (`layer_norm`)."""
 
     def __init__(self, dim: int, eps: float, dtype=jnp.float32):
         self.scale = param(jnp.ones((dim,), jnp.float32), "embed")
@@ -117,11 +146,7 @@ class LayerNorm(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-        return y.astype(self.dtype)
+        return layer_norm(x.astype(jnp.float32), self.scale[...], self.bias[...], self.eps).astype(self.dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, heads_major: bool = False,
