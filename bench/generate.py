@@ -15,7 +15,8 @@ compiled decode program, between the two PyTorch runs.
 
 Prints, per batch: seconds and decode steps/s of each side, the JAX compile time, the load average, and
 the decode loop's weight-read rate next to the machine's matrix-vector ceiling measured in the same run
-(x [2B, K] @ W [K, N] over the step's weight shapes) and the fraction of it reached;
+(x [2B, K] @ W [K, N] over the step's weight shapes) and the fraction of it reached, counting the weights
+alone and then the weights plus the keys and values of the steps decoded so far (reads no decode can skip);
 the last line is `speedup: X.XX` = PyTorch seconds / JAX seconds (excluding compile) at the first --batch.
 
     python bench/generate.py [--seconds 5] [--batch 1 4] [--layers 24] [--torch-threads N ...]
@@ -208,11 +209,15 @@ def main() -> None:
         step_bytes = sum(4 * k * n for k, n in shapes)
         torch_bytes = sum(4 * k * n for k, n in decode_weight_shapes(lm.cfg))
         rate = step_bytes * new_tokens / t_jax / 1e9
+        # the attention's matrix-vector reads a step cannot avoid: every layer's keys and values of the steps so far
+        kv_bytes = cfg.num_layers * 2 * rows * cfg.dim * 4 * (new_tokens + 1) / 2  # mean over the steps
+        kv_rate = (step_bytes + kv_bytes) * new_tokens / t_jax / 1e9
         t_probe, ceiling = matvec_ceiling(shapes, rows)
         print(f"batch {B}: decode loop reads {step_bytes / 1e9:.2f} GB of weights per step (torch "
               f"{torch_bytes / 1e9:.2f} GB): {rate:.1f} GB/s; matrix-vector ceiling (x [{rows}, K] @ W [K, N], the "
               f"step's weight shapes, one jit): {ceiling:.1f} GB/s ({t_probe * 1000:.1f} ms); fraction "
-              f"{rate / ceiling:.2f}  (load average {_load()})")
+              f"{rate / ceiling:.2f}; with the KV cache filled so far (mean {kv_bytes / 1e6:.0f} MB per step) "
+              f"{kv_rate:.1f} GB/s, fraction {kv_rate / ceiling:.2f}  (load average {_load()})")
         print(f"batch {B}: per step jax {t_jax / new_tokens * 1000:.1f} ms, of which the weight reads at the ceiling "
               f"{t_probe * 1000:.1f} ms; torch reads its weights at {torch_bytes * new_tokens / best / 1e9:.1f} GB/s; "
               f"a decode at the ceiling would be {best / (new_tokens * t_probe):.2f}x torch")

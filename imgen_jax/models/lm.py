@@ -122,15 +122,15 @@ def _layer_norm_fwd(x, scale, bias, eps):
     centred = x - x.mean(-1, keepdims=True)
     rstd = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + eps)
     normed = centred * rstd
-    return normed * scale + bias, (normed, rstd, scale)
+    return normed * scale + bias, (normed, rstd, scale, bias)
 
 
 def _layer_norm_bwd(eps, residuals, dy):
-    normed, rstd, scale = residuals
+    normed, rstd, scale, bias = residuals  # bias: for its dtype
     g = dy * scale
     dx = rstd * (g - g.mean(-1, keepdims=True) - normed * (g * normed).mean(-1, keepdims=True))
     lead = tuple(range(dy.ndim - 1))
-    return dx, (dy * normed).sum(lead).astype(scale.dtype), dy.sum(lead).astype(scale.dtype)
+    return dx, (dy * normed).sum(lead).astype(scale.dtype), dy.sum(lead).astype(bias.dtype)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -408,7 +408,8 @@ def scan_layers(body, carry, xs, remat: str = "none", unroll: bool = False):
     (MusicGenLM.hidden, the audio-fusion pass). unroll: every layer's body emitted in the program (scan's
     unroll=True) instead of a loop over one body: the backward pass then reads each layer's residuals as
     its own buffers instead of through dynamic slices of stacked ones (bench/train_step.py: the CPU train
-    step about 10% faster), for a larger program whose compile time grows with the layers."""
+    step 10-20% faster), for a larger program whose compile time grows with the layers (not for TPU:
+    docs/scaling.md)."""
     return jax.lax.scan(remat_body(body, remat), carry, xs, unroll=True if unroll else 1)
 
 

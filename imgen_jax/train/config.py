@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.base_size = ""          # "small" | "medium" | "large": the base `imgen plan` compiles (no weights); "" = base_dir's
     c.model.remat = "none"          # layer rematerialisation in training: "none" | "dots" (keep matmul outputs) | "full"
     c.model.unroll_layers = False   # emit every LM / fusion layer in the train step instead of a layer loop: CPU step
-                                    # about 10% faster (bench/train_step.py), compile time grows with the layers
+                                    # 10-20% faster (bench/train_step.py); not for TPU (docs/scaling.md: compile 10x,
+                                    # compiler-estimated HBM traffic 2.1x)
     c.model.frozen_dtype = "float32"  # "bfloat16": the frozen LM and T5 weights and compute in bf16 (EnCodec stays fp32)
     c.model.fusion = "both"         # "both" (official: audio fusion + text LoRA) | "audio" (no LoRA) | "text" (no audio fusion)
     c.model.adapter_layers = -1     # audio fusion on the last N LM layers; -1 = all (official)

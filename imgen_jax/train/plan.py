@@ -804,7 +804,8 @@ def plan_train(config: ml_collections.ConfigDict, chip: Chip, devices: list, ab:
         p = _plan_of("train step", compiled, chip, sizes, len(devices), time.perf_counter() - t0)
     hand = hand_count_flops(base.lm_cfg, fcfg, B, frames, L)
     p.extra.update(clips=B, grad_accum=accum, frames=frames, hand=hand, fcfg=fcfg,
-                   remat=str(config.model.get("remat", "none")), frozen_dtype=str(config.model.frozen_dtype),
+                   remat=str(config.model.get("remat", "none")), unroll=bool(config.model.get("unroll_layers", False)),
+                   frozen_dtype=str(config.model.frozen_dtype),
                    fsdp_frozen=bool(config.mesh.get("fsdp_frozen", True)))
     return p
 
@@ -958,7 +959,8 @@ def format_report(config: ml_collections.ConfigDict, topology: str, chip: Chip, 
         *format_counts(counts),
         f"training: {x['clips']} clips of {float(config.data.clip_seconds):g} s ({x['frames']} frames) per update in "
         f"{x['grad_accum']} micro-batch(es); frozen weights {x['frozen_dtype']}"
-        f"{'' if x['fsdp_frozen'] else ' (not split over fsdp)'}, adapters and AdamW float32; remat {x['remat']}; "
+        f"{'' if x['fsdp_frozen'] else ' (not split over fsdp)'}, adapters and AdamW float32; remat {x['remat']}"
+        f"{'; layers unrolled' if x['unroll'] else ''}; "
         f"fusion on {fcfg.adapter_layers} layers, LoRA r {fcfg.lora_r}",
         *format_program(train, chip),
     ]
